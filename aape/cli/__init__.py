@@ -1,0 +1,1 @@
+"""The `aape` command line. One module per area registers its subcommands in `main.py`."""

@@ -1,0 +1,41 @@
+"""Arguments shared by several subcommands, declared once."""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+
+
+def add_home(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--home",
+        default=None,
+        help="root of every store, cache and run (default: $AAPE_HOME, else ./aape-data)",
+    )
+
+
+def add_clip(parser: argparse.ArgumentParser, *, default_model: str | None = "aape-tiny") -> None:
+    parser.add_argument(
+        "--clip-model",
+        default=default_model,
+        help="open_clip architecture (ViT-B-16, ...), aape-tiny, or local-dir:/path",
+    )
+    parser.add_argument(
+        "--pretrained",
+        default=None,
+        help="open_clip pretrained tag (openai, ...) or a local weights file; "
+        "omit for aape-tiny's random weights",
+    )
+
+
+def command(
+    sub: argparse._SubParsersAction, name: str, *, help: str, examples: str
+) -> argparse.ArgumentParser:
+    """A subcommand whose --help ends with worked examples."""
+    return sub.add_parser(
+        name,
+        help=help,
+        description=help,
+        epilog="examples:\n" + textwrap.indent(textwrap.dedent(examples).strip(), "  "),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )

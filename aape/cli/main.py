@@ -1,0 +1,51 @@
+"""Entry point of the `aape` console script."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from aape.cli import bank_generate, bank_store, features, pipeline, simulate, train
+from prompt_banks.errors import UserError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aape",
+        description="Adapt CLIP to a domain with LLM-written class descriptions (AAPE).",
+        epilog="Run `aape demo` for the whole pipeline on the embedded defaults.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    bank = sub.add_parser("bank", help="prompt banks: import, generate, embed, query, export")
+    bank_sub = bank.add_subparsers(dest="bank_command", required=True, metavar="BANK_COMMAND")
+    bank_store.register(bank_sub)
+    bank_generate.register(bank_sub)
+    features.register(sub)
+    train.register(sub)
+    simulate.register(sub)
+    pipeline.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

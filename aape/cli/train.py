@@ -1,0 +1,9 @@
+"""CLI: (to be filled by its owner)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add this area's subcommands to `sub`."""

@@ -1,0 +1,44 @@
+"""Session-wide test settings: offline, isolated homes, and the tiny random CLIP."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Set before anything imports open_clip / huggingface_hub / prefect: a mistaken download must
+# fail in seconds, and nothing may write to the user's real homes.
+_SESSION_TMP = Path(tempfile.mkdtemp(prefix="aape-tests-"))
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_HOME"] = str(_SESSION_TMP / "hf")
+os.environ["PREFECT_HOME"] = str(_SESSION_TMP / "prefect")
+os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["AAPE_HOME"] = str(_SESSION_TMP / "aape-home-unused")
+
+SHARED_BANKS = Path(__file__).resolve().parents[1].parent / "shared" / "prompt_banks"
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """A fresh AAPE_HOME for one test."""
+    return tmp_path / "aape-home"
+
+
+@pytest.fixture(scope="session")
+def shared_banks() -> Path:
+    """The public banks in ../shared/prompt_banks (read-only, never copied into the project)."""
+    if not SHARED_BANKS.is_dir():
+        pytest.fail(f"expected the shared prompt banks at {SHARED_BANKS}")
+    return SHARED_BANKS
+
+
+@pytest.fixture(scope="session")
+def tiny_clip():
+    """The project's `aape-tiny` open_clip architecture with seeded random weights (d = 64)."""
+    from prompt_banks.clip import CLIPRef, load_clip
+
+    return load_clip(CLIPRef("aape-tiny"), device="cpu")
