@@ -66,7 +66,9 @@ class ClassTexts:
     def __post_init__(self) -> None:
         c = len(self.names)
         if self.templates.shape[0] != c:
-            raise ValueError(f"ClassTexts.templates has {self.templates.shape[0]} rows for {c} names")
+            raise ValueError(
+                f"ClassTexts.templates has {self.templates.shape[0]} rows for {c} names"
+            )
         if (self.bank is None) != (self.bank_mask is None):
             raise ValueError("ClassTexts.bank and bank_mask go together")
         if self.bank is not None and self.bank.shape[:2] != self.bank_mask.shape:  # type: ignore[union-attr]

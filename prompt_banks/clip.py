@@ -85,7 +85,9 @@ def _digest_file(path: Path) -> str:
 
 def _digest_folder(folder: Path) -> str:
     if not folder.is_dir():
-        raise UserError(f"clip model: local-dir folder {folder} does not exist; pass an existing folder")
+        raise UserError(
+            f"clip model: local-dir folder {folder} does not exist; pass an existing folder"
+        )
     h = hashlib.sha256()
     for p in sorted(folder.iterdir()):
         if p.is_file():
@@ -150,7 +152,7 @@ def load_clip(ref: CLIPRef, device: str | torch.device | None = None) -> LoadedC
     except (OSError, RuntimeError, ValueError) as exc:  # network, missing or mismatched weights
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(
-            f"clip pretrained: could not load weights '{ref.pretrained}' for {ref.model} ({first}); "
+            f"clip pretrained: could not load '{ref.pretrained}' for {ref.model} ({first}); "
             f"on an offline machine pass a local weights file"
         ) from exc
     model.eval()

@@ -65,22 +65,25 @@ def description_row_key(
     llm_model: str | None,
     llm_params: str | None,
     raw_text: str | None = None,
+    piece: int = 0,
 ) -> str:
     """Hash of everything that determines a description row.
 
     For LLM rows the text is the *result*, so it is not part of the key: the same (class,
     question, sample, model, params) is asked once. For imported rows the text is the content, so
-    it is.
+    it is. `piece` numbers the sentences that one fused raw text was split into; it joins the
+    key only when non-zero, so keys of unsplit rows never change.
     """
-    return stable_hash(
-        {
-            "domain": domain,
-            "class_name": class_name,
-            "source": source,
-            "question": question,
-            "sample_index": sample_index,
-            "llm_model": llm_model,
-            "llm_params": llm_params,
-            "raw_text": raw_text if source != "llm" else None,
-        }
-    )
+    key: dict[str, Any] = {
+        "domain": domain,
+        "class_name": class_name,
+        "source": source,
+        "question": question,
+        "sample_index": sample_index,
+        "llm_model": llm_model,
+        "llm_params": llm_params,
+        "raw_text": raw_text if source != "llm" else None,
+    }
+    if piece:
+        key["piece"] = piece
+    return stable_hash(key)

@@ -4,13 +4,17 @@ Layout under `<root>` (by default `$AAPE_HOME/banks`):
     descriptions/part-<time>-<uuid>.parquet
     embeddings/part-<time>-<uuid>.parquet
 
-A writer never touches an existing file: it writes `<name>.parquet.tmp` and renames it, so a
-reader globbing `*.parquet` sees a whole file or nothing. Row keys make writes idempotent; if two
-writers race, readers still see each key once (the newest row wins).
+A writer never touches an existing file: it writes `.<name>.tmp` and renames it, so a reader
+listing `*.parquet` sees a whole file or nothing. Row keys make writes idempotent; if two writers
+race, readers still see each key once (the newest row wins).
+
+The root is a local folder (first-class: fsync + `os.replace`) or an fsspec URL (`s3://...`,
+`gs://...`, `memory://...`); DuckDB reads URL roots through the same fsspec filesystem.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
@@ -20,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import fsspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -29,10 +35,16 @@ from prompt_banks.paths import banks_dir
 
 DESCRIPTIONS_DIR = "descriptions"
 EMBEDDINGS_DIR = "embeddings"
+# An embedding whose norm is further than this from 1 was not normalised by its writer.
+_NORM_TOLERANCE = 1e-3
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def is_url(root: str | os.PathLike[str]) -> bool:
+    return "://" in str(root) and not str(root).startswith("file://")
 
 
 def _validated_table(rows: list[Mapping[str, Any]], table_schema: pa.Schema, what: str) -> pa.Table:
@@ -46,64 +58,125 @@ def _validated_table(rows: list[Mapping[str, Any]], table_schema: pa.Schema, wha
     return table
 
 
+def _embeddings_table(rows: list[Mapping[str, Any]]) -> pa.Table:
+    """Build the embeddings table column-wise (a list of Python floats per row is slow at 100k
+    rows x 512) and check every vector is finite and L2-normalised."""
+    vectors = [np.asarray(r["embedding"], dtype=np.float32) for r in rows]
+    flat = np.concatenate(vectors) if vectors else np.zeros(0, np.float32)
+    if not np.isfinite(flat).all():
+        raise UserError("embeddings: a vector holds NaN or inf; check the CLIP model's weights")
+    norms = np.array([np.linalg.norm(v) for v in vectors])
+    if len(norms) and np.abs(norms - 1).max() > _NORM_TOLERANCE:
+        raise UserError(
+            "embeddings: vectors must be L2-normalised (found a norm of "
+            f"{norms[np.abs(norms - 1).argmax()]:.4f})"
+        )
+    offsets = np.concatenate([[0], np.cumsum([len(v) for v in vectors])]).astype(np.int32)
+    columns: dict[str, Any] = {}
+    for field in schema.EMBEDDINGS:
+        if field.name == "embedding":
+            columns[field.name] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
+        else:
+            try:
+                columns[field.name] = pa.array([r[field.name] for r in rows], type=field.type)
+            except (KeyError, pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as exc:
+                raise UserError(
+                    f"embeddings: column '{field.name}' is missing or has the wrong "
+                    f"type ({exc})".replace("\n", " ")
+                ) from exc
+        if not field.nullable and columns[field.name].null_count:
+            raise UserError(f"embeddings: column '{field.name}' must not be empty")
+    return pa.table(columns, schema=schema.EMBEDDINGS)
+
+
 class BankStore:
-    """One prompt-bank store (descriptions + text embeddings) rooted at a folder."""
+    """One prompt-bank store (descriptions + text embeddings) rooted at a folder or URL."""
 
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
-        self.root = Path(root) if root is not None else banks_dir()
+        raw = banks_dir() if root is None else root
+        self.is_local = not is_url(raw)
+        # A Path for a local root (what most callers join onto), the URL string otherwise.
+        self.root: Path | str = (
+            Path(str(raw).removeprefix("file://")) if self.is_local else str(raw)
+        )
+        self._fs: fsspec.AbstractFileSystem | None = None
+        if not self.is_local:
+            self._fs, _ = fsspec.core.url_to_fs(str(raw))
 
     # -- paths ----------------------------------------------------------------------------
-    @property
-    def descriptions_dir(self) -> Path:
-        return self.root / DESCRIPTIONS_DIR
+    def _join(self, *parts: str) -> Path | str:
+        if self.is_local:
+            return Path(self.root, *parts)
+        return "/".join([str(self.root).rstrip("/"), *parts])
 
     @property
-    def embeddings_dir(self) -> Path:
-        return self.root / EMBEDDINGS_DIR
+    def descriptions_dir(self) -> Path | str:
+        return self._join(DESCRIPTIONS_DIR)
 
-    def _glob(self, folder: Path) -> str | None:
-        """A read_parquet glob for a table, or None while the table has no file yet."""
-        if not folder.is_dir() or not any(folder.glob("*.parquet")):
-            return None
-        return str(folder / "*.parquet")
+    @property
+    def embeddings_dir(self) -> Path | str:
+        return self._join(EMBEDDINGS_DIR)
+
+    def _files(self, folder: Path | str) -> list[str]:
+        """The published files of a table (never a `.tmp` in flight), oldest first."""
+        if self.is_local:
+            folder = Path(folder)
+            return sorted(str(p) for p in folder.glob("*.parquet")) if folder.is_dir() else []
+        assert self._fs is not None
+        found = self._fs.glob(f"{str(folder).rstrip('/')}/*.parquet")
+        return sorted(self._fs.unstrip_protocol(p) for p in found)
+
+    def file_count(self) -> int:
+        """Published files in both tables (tests use it to show a no-op wrote nothing)."""
+        return len(self._files(self.descriptions_dir)) + len(self._files(self.embeddings_dir))
 
     # -- reading --------------------------------------------------------------------------
     def connect(self) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection with two views, `descriptions` and `embeddings`.
 
         The views keep the newest row per key, so a duplicate from a writer race or a superseded
-        failed row is never seen. An empty table is still a view (with zero rows)."""
+        failed row is never seen. An empty table is still a view (with zero rows). The file list
+        is fixed when the connection opens: later appends are not seen half-way through a query.
+        `descriptions_all` and `embeddings_all` are every stored row, duplicates included: cheaper
+        for questions that only need distinct keys."""
         con = duckdb.connect()
+        if self._fs is not None:
+            con.register_filesystem(self._fs)
         for name, folder, table_schema, key in (
             ("descriptions", self.descriptions_dir, schema.DESCRIPTIONS, "row_key"),
             ("embeddings", self.embeddings_dir, schema.EMBEDDINGS, "text_hash, model_id"),
         ):
-            glob = self._glob(folder)
-            if glob is None:
+            files = self._files(folder)
+            if not files:
                 con.register(f"_{name}_empty", table_schema.empty_table())
-                con.execute(f"CREATE VIEW {name} AS SELECT * FROM _{name}_empty")
+                con.execute(f"CREATE VIEW {name}_all AS SELECT * FROM _{name}_empty")
             else:
-                con.execute(
-                    f"CREATE VIEW {name} AS SELECT * FROM read_parquet(?) "
-                    f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY created_at DESC) = 1",
-                    [glob],
-                )
+                # A view cannot hold parameters, so the file list becomes a literal; the paths
+                # come from our own listing and are quoted, never from user text.
+                listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+                con.execute(f"CREATE VIEW {name}_all AS SELECT * FROM read_parquet([{listed}])")
+            con.execute(
+                f"CREATE VIEW {name} AS SELECT * FROM {name}_all "
+                f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY created_at DESC) = 1"
+            )
         return con
 
-    def stored_description_keys(self, domain: str | None = None) -> set[str]:
-        """Keys of rows that need no new call: status ok or dropped (a failed row may be retried)."""
+    def stored_description_keys(self, domain: str | Iterable[str] | None = None) -> set[str]:
+        """Keys of rows that need no new call: status ok or dropped (a failed row may be retried).
+        `domain` narrows to one domain or several."""
         with self.connect() as con:
-            sql = "SELECT row_key FROM descriptions WHERE status <> 'failed'"
+            # A key is written again only after a failure, so any non-failed row settles it.
+            sql = "SELECT DISTINCT row_key FROM descriptions_all WHERE status <> 'failed'"
             params: list[Any] = []
             if domain is not None:
-                sql += " AND domain = ?"
-                params.append(domain)
+                sql += " AND list_contains(?::VARCHAR[], domain)"
+                params.append([domain] if isinstance(domain, str) else sorted(domain))
             return {r[0] for r in con.execute(sql, params).fetchall()}
 
     def embedded_hashes(self, model_id: str) -> set[str]:
         with self.connect() as con:
             rows = con.execute(
-                "SELECT text_hash FROM embeddings WHERE model_id = ?", [model_id]
+                "SELECT DISTINCT text_hash FROM embeddings_all WHERE model_id = ?", [model_id]
             ).fetchall()
         return {r[0] for r in rows}
 
@@ -111,7 +184,7 @@ class BankStore:
         """The embedding size stored for a model id, or None when it has no embeddings yet."""
         with self.connect() as con:
             dims = con.execute(
-                "SELECT DISTINCT dim FROM embeddings WHERE model_id = ?", [model_id]
+                "SELECT DISTINCT dim FROM embeddings_all WHERE model_id = ?", [model_id]
             ).fetchall()
         if len(dims) > 1:
             raise UserError(
@@ -120,21 +193,56 @@ class BankStore:
             )
         return dims[0][0] if dims else None
 
+    def check_model_dim(self, model_id: str, dim: int) -> None:
+        """Refuse, before any work, a model whose stored embeddings have another size."""
+        stored = self.model_dim(model_id)
+        if stored is not None and stored != dim:
+            raise UserError(
+                f"store {self.root}: model '{model_id}' is stored with dim {stored}, this one has "
+                f"dim {dim}; use a separate --home for a different CLIP"
+            )
+
     # -- writing --------------------------------------------------------------------------
-    def _publish(self, table: pa.Table, folder: Path) -> Path:
+    def _publish(self, table: pa.Table, folder: Path | str) -> str:
+        name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+        if not self.is_local:
+            return self._publish_remote(table, str(folder), name)
+        folder = Path(folder)
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UserError(f"store: cannot create {folder} ({exc.strerror}); pick a writable --home") from exc
-        name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
-        final = folder / name
-        tmp = folder / f".{name}.tmp"
+            raise UserError(
+                f"store: cannot create {folder} ({exc.strerror}); pick a writable --home"
+            ) from exc
+        final, tmp = folder / name, folder / f".{name}.tmp"
         try:
-            pq.write_table(table, tmp, compression="zstd")
+            with tmp.open("wb") as f:
+                pq.write_table(table, f, compression="zstd")
+                f.flush()
+                os.fsync(f.fileno())  # the rename must never publish a file still in page cache
             os.replace(tmp, final)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise UserError(f"store: cannot write {final} ({exc.strerror}); pick a writable --home") from exc
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise UserError(
+                f"store: cannot write {final} ({exc.strerror}); pick a writable --home"
+            ) from exc
+        return str(final)
+
+    def _publish_remote(self, table: pa.Table, folder: str, name: str) -> str:
+        assert self._fs is not None
+        final, tmp = f"{folder}/{name}", f"{folder}/.{name}.tmp"
+        try:
+            self._fs.makedirs(folder, exist_ok=True)
+            with self._fs.open(tmp, "wb") as f:
+                pq.write_table(table, f, compression="zstd")
+            # On object stores the copy behind `mv` appears whole or not at all.
+            self._fs.mv(tmp, final)
+        except OSError as exc:
+            if self._fs.exists(tmp):
+                self._fs.rm(tmp)
+            reason = str(exc).replace("\n", " ")
+            raise UserError(f"store: cannot write {final} ({reason}); check the store URL") from exc
         return final
 
     def append_descriptions(self, rows: Iterable[Mapping[str, Any]]) -> int:
@@ -142,7 +250,9 @@ class BankStore:
         were written. Rows must carry every column of `schema.DESCRIPTIONS` except `created_at`,
         which is filled in."""
         now = utc_now()
-        stored = self.stored_description_keys()
+        rows = list(rows)
+        # A row key hashes its domain, so only the rows' own domains can hold it already.
+        stored = self.stored_description_keys({str(r.get("domain")) for r in rows})
         fresh: dict[str, dict[str, Any]] = {}
         for row in rows:
             r = {"created_at": now, **row}
@@ -153,13 +263,21 @@ class BankStore:
         table = _validated_table(list(fresh.values()), schema.DESCRIPTIONS, "descriptions")
         bad = set(table.column("status").to_pylist()) - set(schema.DESCRIPTION_STATUSES)
         if bad:
-            raise UserError(f"descriptions: status {sorted(bad)} is not one of {schema.DESCRIPTION_STATUSES}")
+            raise UserError(
+                f"descriptions: status {sorted(bad)} is not one of {schema.DESCRIPTION_STATUSES}"
+            )
+        bad = set(table.column("source").to_pylist()) - set(schema.DESCRIPTION_SOURCES)
+        if bad:
+            raise UserError(
+                f"descriptions: source {sorted(bad)} is not one of {schema.DESCRIPTION_SOURCES}"
+            )
         self._publish(table, self.descriptions_dir)
         return table.num_rows
 
     def append_embeddings(self, rows: Iterable[Mapping[str, Any]]) -> int:
-        """Store embedding rows for (text_hash, model_id) pairs not stored yet. Refuses a model id
-        whose stored dimension differs."""
+        """Store embedding rows for (text_hash, model_id) pairs not stored yet; returns how many
+        were written. Refuses a model id whose stored dimension differs. Rows carry every column
+        of `schema.EMBEDDINGS` except `created_at`; `embedding` may be a list or a NumPy array."""
         now = utc_now()
         rows = [{"created_at": now, **r} for r in rows]
         if not rows:
@@ -168,21 +286,24 @@ class BankStore:
         for r in rows:
             by_model.setdefault(r["model_id"], set()).add(int(r["dim"]))
             if len(r["embedding"]) != int(r["dim"]):
-                raise UserError(f"embeddings: row {r['text_hash']} has {len(r['embedding'])} floats, dim says {r['dim']}")
+                raise UserError(
+                    f"embeddings: row {r['text_hash']} has {len(r['embedding'])} floats, "
+                    f"dim says {r['dim']}"
+                )
         fresh: dict[tuple[str, str], dict[str, Any]] = {}
         for model_id, dims in by_model.items():
-            stored_dim = self.model_dim(model_id)
-            if len(dims) > 1 or (stored_dim is not None and dims != {stored_dim}):
+            if len(dims) > 1:
                 raise UserError(
-                    f"embeddings: model '{model_id}' is stored with dim {stored_dim}, got "
-                    f"{sorted(dims)}; use a separate --home for a different CLIP"
+                    f"embeddings: model '{model_id}' given with dims {sorted(dims)} in one write; "
+                    f"one model id has one size"
                 )
+            self.check_model_dim(model_id, next(iter(dims)))
             done = self.embedded_hashes(model_id)
             for r in rows:
                 if r["model_id"] == model_id and r["text_hash"] not in done:
                     fresh[(r["text_hash"], model_id)] = r
         if not fresh:
             return 0
-        table = _validated_table(list(fresh.values()), schema.EMBEDDINGS, "embeddings")
+        table = _embeddings_table(list(fresh.values()))
         self._publish(table, self.embeddings_dir)
         return table.num_rows

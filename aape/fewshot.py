@@ -1,0 +1,101 @@
+"""Few-shot manifests and CoCoOp's base/new class split.
+
+A manifest is a pure function of (split records, K, seed): for each label, the image ids of that
+label are sorted, shuffled by a private `random.Random("fewshot:<seed>:<label>")` and the first K
+kept. Consequences: the input order of the records does not matter; a class's pick does not
+depend on other classes; and the picks are nested (the 1-shot images are among the 2-shot ones,
+and so on), so a shots curve varies one thing at a time. A class with fewer than K images keeps
+all of them (as CoOp does) and is listed in `short_classes`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from aape.datasets.base import ImageRecord
+from prompt_banks.errors import UserError
+from prompt_banks.paths import aape_home
+from prompt_banks.schema import stable_hash
+
+
+@dataclass(frozen=True)
+class FewShotManifest:
+    dataset: str
+    split: str
+    shots: int
+    seed: int
+    image_ids: dict[int, list[str]]  # label -> chosen ids, in pick order
+    short_classes: list[int]  # labels with fewer than `shots` images
+    source_hash: str  # hash of the (id, label) pairs the pick was drawn from
+
+    def selected(self) -> set[str]:
+        return {i for ids in self.image_ids.values() for i in ids}
+
+    def to_json(self) -> str:
+        payload = asdict(self)
+        payload["image_ids"] = {str(k): v for k, v in sorted(self.image_ids.items())}
+        return json.dumps(payload, indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> FewShotManifest:
+        payload = json.loads(text)
+        payload["image_ids"] = {int(k): v for k, v in payload["image_ids"].items()}
+        return cls(**payload)
+
+
+def fewshot_manifest(
+    records: Sequence[ImageRecord],
+    shots: int,
+    seed: int,
+    *,
+    dataset: str = "",
+    split: str = "train",
+) -> FewShotManifest:
+    """Choose `shots` images per class from `records` (see the module doc for the rule)."""
+    if shots < 1:
+        raise UserError(f"shots: {shots} is not a positive number of images per class")
+    by_label: dict[int, list[str]] = {}
+    for r in records:
+        by_label.setdefault(r.label, []).append(r.image_id)
+    chosen: dict[int, list[str]] = {}
+    for label, ids in sorted(by_label.items()):
+        ordered = sorted(set(ids))
+        random.Random(f"fewshot:{seed}:{label}").shuffle(ordered)
+        chosen[label] = ordered[:shots]
+    return FewShotManifest(
+        dataset=dataset,
+        split=split,
+        shots=shots,
+        seed=seed,
+        image_ids=chosen,
+        short_classes=[label for label, ids in chosen.items() if len(ids) < shots],
+        source_hash=stable_hash(sorted((r.image_id, r.label) for r in records)),
+    )
+
+
+def manifest_path(home: str | os.PathLike[str] | None, dataset: str, shots: int, seed: int) -> Path:
+    return aape_home(home) / "fewshot" / dataset / f"shots{shots}-seed{seed}.json"
+
+
+def write_manifest(manifest: FewShotManifest, home: str | os.PathLike[str] | None) -> Path:
+    """Publish the manifest as a JSON artifact (temp file + rename); returns its path."""
+    path = manifest_path(home, manifest.dataset, manifest.shots, manifest.seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(manifest.to_json())
+    os.replace(tmp, path)
+    return path
+
+
+def base_new_split(n_classes: int) -> tuple[list[int], list[int]]:
+    """CoCoOp's split: labels sorted, base = the first ceil(C/2), new = the rest."""
+    if n_classes < 2:
+        raise UserError(f"base/new: needs at least 2 classes, got {n_classes}")
+    cut = math.ceil(n_classes / 2)
+    return list(range(cut)), list(range(cut, n_classes))

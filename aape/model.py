@@ -1,0 +1,277 @@
+"""The three trainable parts of AAPE: prompt aggregator, prompt generator h, classifier head g.
+
+Shapes: `x` [B, d] image embeddings; a prompt bank `P` [C, n, d] zero-padded with `mask` [C, n].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from aape.config import TrainConfig
+from aape.data import ClassTexts
+
+
+def bottleneck(d_in: int, d_out: int, hidden: int, *, zero_last: bool) -> nn.Sequential:
+    net = nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, d_out))
+    if zero_last:
+        nn.init.zeros_(net[2].weight)
+        nn.init.zeros_(net[2].bias)
+    return net
+
+
+def bottleneck_width(dim: int) -> int:
+    return max(dim // 16, 1)
+
+
+def masked_mean(bank: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Normalised mean of each class's prompts, [..., d]."""
+    m = mask.unsqueeze(-1).to(bank.dtype)
+    return F.normalize((bank * m).sum(-2) / m.sum(-2).clamp_min(1.0), dim=-1)
+
+
+def class_embeddings(texts: ClassTexts, kind: str) -> torch.Tensor:
+    """The class embedding w_c of the `class_embed` switch, [C, d]."""
+    if kind == "template":
+        return F.normalize(texts.templates, dim=-1)
+    if texts.bank is None:
+        raise ValueError(f"class_embed={kind} needs a prompt bank for every class")
+    if kind == "bank_mean":
+        return texts.bank_mean()
+    if kind == "both":
+        return F.normalize(F.normalize(texts.templates, dim=-1) + texts.bank_mean(), dim=-1)
+    raise ValueError(f"unknown class_embed {kind}")
+
+
+class PromptAggregator(nn.Module):
+    """Condenses a class's prompt bank into one embedding p_a, optionally per image.
+
+    `attention`: per-class learnable query initialised at mean(P_c), plus f(x) when
+    `image_query`; multi-head scores against the prompts; values are the prompts themselves, so
+    each head returns a convex combination of P_c and p_a = norm(mean over heads). The key
+    projection is folded into the query side (score = (Wk^T Wq q) . p), which never projects
+    the bank: O(n d) per (image, class) instead of O(n d^2).
+    """
+
+    def __init__(self, cfg: TrainConfig, bank: torch.Tensor, mask: torch.Tensor) -> None:
+        super().__init__()
+        dim = bank.shape[-1]
+        self.kind = cfg.aggregator
+        self.heads = cfg.aggregator_heads
+        self.image_query = cfg.image_query
+        if self.kind == "attention" and dim % self.heads:
+            raise ValueError(f"aggregator_heads={self.heads} must divide d={dim}")
+        init = masked_mean(bank, mask)
+        hidden = bottleneck_width(dim)
+        if self.kind == "attention":
+            self.query = nn.Parameter(init.clone())  # [C, d]
+            self.f = bottleneck(dim, dim, hidden, zero_last=True) if self.image_query else None
+            # Identity init: the first scores are cos-like, so p_a starts near mean(P_c).
+            self.w_q = nn.Parameter(torch.eye(dim))
+            self.w_k = nn.Parameter(torch.eye(dim))
+        elif self.kind == "mlp":
+            self.mlp = bottleneck(dim, dim, hidden, zero_last=True)
+            self.mix_logit = nn.Parameter(torch.zeros(()))  # a = sigmoid(.) starts at 0.5
+        self.ffn = bottleneck(dim, dim, 4 * dim, zero_last=True) if cfg.aggregator_ffn else None
+        use_ln = cfg.aggregator_ffn or cfg.aggregator_ln_affine
+        self.ln = nn.LayerNorm(dim, elementwise_affine=cfg.aggregator_ln_affine) if use_ln else None
+
+    def _z(self, q: torch.Tensor) -> torch.Tensor:
+        """Per-head score directions, [..., H, d]: z_h = Wk_h^T (Wq q)_h / sqrt(d_h)."""
+        dim = q.shape[-1]
+        dh = dim // self.heads
+        qh = (q @ self.w_q.T).unflatten(-1, (self.heads, dh))  # [..., H, dh]
+        wk = self.w_k.view(self.heads, dh, dim)  # rows of Wk grouped by head
+        return torch.einsum("...hk,hkd->...hd", qh, wk) / math.sqrt(dh)
+
+    def _finish(self, o: torch.Tensor) -> torch.Tensor:
+        if self.ffn is not None:
+            o = o + self.ffn(o)
+        if self.ln is not None:
+            o = self.ln(o)
+        return F.normalize(o, dim=-1)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        bank: torch.Tensor,
+        mask: torch.Tensor,
+        classes: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """p_a for image i and its class `classes[i]`: [B, d]. `bank`, `mask` are all classes'."""
+        p, m = bank.index_select(0, classes), mask.index_select(0, classes)  # [B, n, d], [B, n]
+        if self.kind == "mean":
+            return self._finish(masked_mean(p, m))
+        if self.kind == "random":
+            pick = torch.multinomial(m.float(), 1, generator=generator).squeeze(1)
+            return self._finish(p[torch.arange(len(classes), device=p.device), pick])
+        if self.kind == "mlp":
+            mean = masked_mean(p, m)
+            a = torch.sigmoid(self.mix_logit)
+            return self._finish(a * self.mlp(mean) + (1 - a) * mean)
+        q = self.query[classes]
+        if self.f is not None:
+            q = q + self.f(x)
+        scores = torch.einsum("bhd,bnd->bhn", self._z(q), p)
+        attn = scores.masked_fill(~m.unsqueeze(1), float("-inf")).softmax(-1)
+        # The mean over heads of convex combinations is one convex combination: average the
+        # attention first, then one weighted sum of the prompts (H times less work).
+        return self._finish(torch.bmm(attn.mean(1).unsqueeze(1), p).squeeze(1))
+
+    @torch.no_grad()
+    def all_classes(
+        self,
+        x: torch.Tensor,
+        bank: torch.Tensor,
+        mask: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """p_a(x, c) for every image and every class, [B, C, d] (teacher accuracy)."""
+        b, c = x.shape[0], bank.shape[0]
+        if self.kind != "attention":
+            classes = torch.arange(c, device=bank.device).repeat(b)
+            xs = x.repeat_interleave(c, 0)
+            return self.forward(xs, bank, mask, classes, generator=generator).view(b, c, -1)
+        # q = query_c + f(x) is linear in the two parts, so z splits per class and per image.
+        z = self._z(self.query).unsqueeze(0)  # [1, C, H, d]
+        if self.f is not None:
+            z = z + self._z(self.f(x)).unsqueeze(1)  # [B, C, H, d]
+        scores = torch.einsum("bchd,cnd->bchn", z.expand(b, -1, -1, -1), bank)
+        attn = scores.masked_fill(~mask[None, :, None, :], float("-inf")).softmax(-1)
+        return self._finish(torch.einsum("bcn,cnd->bcd", attn.mean(2), bank))
+
+
+class PromptGenerator(nn.Module):
+    """h: Linear(d, d/16) - ReLU - Linear(d/16, d); the AAPE itself."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.net = bottleneck(dim, dim, bottleneck_width(dim), zero_last=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+@dataclass
+class HeadCache:
+    """What the head precomputes once per class list (see ClassifierHead.prepare)."""
+
+    pre: torch.Tensor  # [C, r]  A w_c + b1
+    w0: torch.Tensor  # [C, d]  residual * w_c + b2
+    w0_dot_w2: torch.Tensor  # [C, r]  W2^T w0_c
+    w0_sq: torch.Tensor  # [C]     ||w0_c||^2
+
+
+class ClassifierHead(nn.Module):
+    """g: w_c(x) = [w_c +] W2 relu(A w_c + B h(x) + b1) + b2, last layer zero-initialised.
+
+    Computing w_c(x) for every class costs O(C r d) per image. The logit only needs
+    x . w_c(x) and ||w_c(x)||, both of which expand into r-dimensional terms:
+      x . w = x . w0_c + (W2^T x) . u,        ||w||^2 = ||w0_c||^2 + 2 (W2^T w0_c) . u + u^T G u
+    with u = relu(A w_c + B h(x) + b1) and G = W2^T W2: O(C r^2) per image, r = d/16.
+    """
+
+    def __init__(self, dim: int, *, residual: bool) -> None:
+        super().__init__()
+        self.residual = residual
+        self.dim = dim
+        self.net = bottleneck(2 * dim, dim, bottleneck_width(dim), zero_last=True)
+
+    @property
+    def first(self) -> nn.Linear:
+        return self.net[0]
+
+    @property
+    def last(self) -> nn.Linear:
+        return self.net[2]
+
+    def prepare(self, w: torch.Tensor) -> HeadCache:
+        a = self.first.weight[:, : self.dim]  # acts on w_c
+        w0 = self.last.bias.expand_as(w) + (w if self.residual else 0.0)
+        return HeadCache(
+            pre=w @ a.T + self.first.bias,
+            w0=w0,
+            w0_dot_w2=w0 @ self.last.weight,
+            w0_sq=(w0 * w0).sum(-1),
+        )
+
+    def cosines(self, x: torch.Tensor, h: torch.Tensor, cache: HeadCache) -> torch.Tensor:
+        """cos(x, w_c(x)) for every image and class, [B, C], via the expansion above."""
+        if not torch.is_grad_enabled():
+            return self._cosines_inference(x, h, cache)
+        w2 = self.last.weight  # [d, r]
+        bh = h @ self.first.weight[:, self.dim :].T  # [B, r]
+        u = torch.relu(cache.pre.unsqueeze(0) + bh.unsqueeze(1))  # [B, C, r]
+        xw = x @ cache.w0.T + torch.bmm(u, (x @ w2).unsqueeze(-1)).squeeze(-1)
+        # ||w||^2 - ||w0||^2 = u . (G u + 2 W2^T w0): one product and one reduction
+        t = u @ (w2.T @ w2) + 2 * cache.w0_dot_w2
+        sq = cache.w0_sq + (t * u).sum(-1)
+        return xw / sq.clamp_min(1e-12).sqrt()
+
+    def _cosines_inference(
+        self, x: torch.Tensor, h: torch.Tensor, cache: HeadCache
+    ) -> torch.Tensor:
+        """`cosines` without autograd: in place, over chunks of classes so that the [B, c, r]
+        temporaries stay in cache, and with the two r-sized reductions done by one bmm."""
+        b, r = h.shape[0], self.last.weight.shape[1]
+        chunk = max(16, (1 << 18) // (b * r))  # ~1 MB of float32 per temporary
+        w2 = self.last.weight
+        bh = (h @ self.first.weight[:, self.dim :].T).unsqueeze(1)  # [B, 1, r]
+        # [G | W2^T x]: u @ this gives G u (for u^T G u) and u . W2^T x in one product.
+        mats = torch.cat([(w2.T @ w2).expand(b, r, r), (x @ w2).unsqueeze(-1)], -1)
+        lin = torch.cat([2 * cache.w0_dot_w2, cache.w0_dot_w2.new_zeros(len(cache.pre), 1)], -1)
+        xw0 = x @ cache.w0.T  # [B, C]
+        out = torch.empty_like(xw0)
+        for c0 in range(0, len(cache.pre), chunk):
+            c1 = c0 + chunk
+            u = torch.add(cache.pre[c0:c1].unsqueeze(0), bh).relu_()  # [B, c, r]
+            t = torch.baddbmm(lin[c0:c1].unsqueeze(0), u, mats)  # [B, c, r + 1]
+            sq = torch.linalg.vecdot(t[..., :r], u).add_(cache.w0_sq[c0:c1])
+            out[:, c0:c1] = (xw0[:, c0:c1] + t[..., r]) * sq.clamp_min_(1e-12).rsqrt_()
+        return out
+
+    def explicit(self, w: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """w_c(x) materialised, [B, C, d]: the reference the fast path must equal."""
+        b, c = h.shape[0], w.shape[0]
+        inp = torch.cat([w.unsqueeze(0).expand(b, -1, -1), h.unsqueeze(1).expand(-1, c, -1)], -1)
+        out = self.net(inp)
+        return out + w if self.residual else out
+
+
+class AAPE(nn.Module):
+    """h + g (+ the aggregator while training). Inference needs only h, g and class embeddings."""
+
+    def __init__(
+        self,
+        dim: int,
+        cfg: TrainConfig,
+        bank: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.tau = cfg.tau
+        self.h = PromptGenerator(dim)
+        self.g = ClassifierHead(dim, residual=cfg.head_residual)
+        self.aggregator = PromptAggregator(cfg, bank, mask) if bank is not None else None
+
+    def logits(
+        self, x: torch.Tensor, cache: HeadCache, h: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        x = F.normalize(x, dim=-1)
+        h = self.h(x) if h is None else h
+        return self.g.cosines(x, h, cache) / self.tau
+
+    def forward(self, x: torch.Tensor, class_embed: torch.Tensor) -> torch.Tensor:
+        return self.logits(x, self.g.prepare(class_embed))
+
+    def inference_state(self) -> dict[str, torch.Tensor]:
+        """The weights an artifact carries: h and g only."""
+        return {k: v for k, v in self.state_dict().items() if k.startswith(("h.", "g."))}

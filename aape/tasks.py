@@ -1,0 +1,140 @@
+"""Build a `Task` from a named dataset: cached image features + class texts (+ the bank).
+
+`load_task` extracts whatever features are missing (only the few-shot train images, their
+augmented views, and the val/test images), applies the few-shot manifest, embeds the template
+"a photo of a {c}." for every class, and, when a bank domain is given, reads the class's prompt
+embeddings from the store. A dataset without a train split (the ImageNet variants) gives an
+evaluation-only task with an empty train set.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from aape.data import ClassTexts, FeatureSet, Task
+from aape.datasets import Dataset, load_dataset
+from aape.datasets.base import DEFAULT_VIEWS
+from aape.features import ExtractReport, extract_records, load_features
+from aape.fewshot import FewShotManifest, fewshot_manifest, write_manifest
+from prompt_banks.clip import CLIPRef, LoadedCLIP, load_clip
+from prompt_banks.embed import encode_texts, template_text
+from prompt_banks.paths import banks_dir
+from prompt_banks.queries import bank_tensor
+from prompt_banks.store import BankStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedTask:
+    """A task plus what it took to build: the extraction report (unreadable images are counted
+    there) and the few-shot manifest with the path of its JSON artifact."""
+
+    task: Task
+    extraction: ExtractReport
+    manifest: FewShotManifest | None
+    manifest_path: Path | None
+
+
+def class_texts(
+    clip: LoadedCLIP,
+    classnames: list[str],
+    *,
+    bank_domain: str | None,
+    home: str | os.PathLike[str] | None,
+) -> ClassTexts:
+    """Template embeddings of `classnames`, and their bank when `bank_domain` is given."""
+    templates = encode_texts(clip, [template_text(c) for c in classnames]).embeddings
+    if bank_domain is None:
+        return ClassTexts(names=list(classnames), templates=templates)
+    bank, mask = bank_tensor(BankStore(banks_dir(home)), bank_domain, classnames, clip.model_id)
+    return ClassTexts(names=list(classnames), templates=templates, bank=bank, bank_mask=mask)
+
+
+def _empty(dim: int) -> FeatureSet:
+    none = torch.zeros(0, dtype=torch.long)
+    return FeatureSet(
+        x=torch.zeros(0, dim), labels=none, image_index=none.clone(), view=none.clone()
+    )
+
+
+def prepare_task(
+    *,
+    dataset: str | Dataset,
+    home: str | os.PathLike[str] | None,
+    clip: CLIPRef | LoadedCLIP,
+    bank_domain: str | None,
+    shots: int | None,
+    seed: int,
+    data_root: str | None = None,
+    n_views: int | None = None,
+    progress: bool = True,
+) -> PreparedTask:
+    """`load_task` with its extraction report and manifest (see the module doc)."""
+    loaded = clip if isinstance(clip, LoadedCLIP) else load_clip(clip)
+    ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, data_root)
+    views = DEFAULT_VIEWS if n_views is None else n_views
+    # Texts first: a missing bank is refused before minutes of image encoding.
+    texts = class_texts(loaded, ds.classnames, bank_domain=bank_domain, home=home)
+    train = ds.splits.get("train", [])
+    manifest, manifest_file = None, None
+    if shots is not None and train:
+        manifest = fewshot_manifest(train, shots, seed, dataset=ds.name)
+        manifest_file = write_manifest(manifest, home)
+        chosen = manifest.selected()
+        train = [r for r in train if r.image_id in chosen]
+    eval_splits = [s for s in ("val", "test") if s in ds.splits]
+    records = train + [r for s in eval_splits for r in ds.splits[s]]
+    report = extract_records(
+        records, loaded, home, dataset=ds.name, n_views=views, progress=progress
+    )
+    if report.skipped_images:
+        log.warning("%s: %d unreadable images skipped", ds.name, report.skipped_images)
+
+    def split_ids(split: str) -> list[str]:
+        return [r.image_id for r in ds.splits[split]]
+
+    def features(
+        split: str, ids: list[str] | None = None, max_view: int | None = None
+    ) -> FeatureSet:
+        return load_features(
+            home, loaded.model_id, ds.name, split, image_ids=ids, max_view=max_view
+        )
+
+    task = Task(
+        name=ds.name,
+        texts=texts,
+        train=features("train", [r.image_id for r in train], views)
+        if train
+        else _empty(loaded.dim),
+        test=features("test", split_ids("test")) if "test" in ds.splits else _empty(loaded.dim),
+        val=features("val", split_ids("val")) if "val" in ds.splits else None,
+        model_id=loaded.model_id,
+    )
+    return PreparedTask(
+        task=task, extraction=report, manifest=manifest, manifest_path=manifest_file
+    )
+
+
+def load_task(
+    *,
+    dataset: str | Dataset,
+    home: str | os.PathLike[str] | None,
+    clip: CLIPRef | LoadedCLIP,
+    bank_domain: str | None,
+    shots: int | None,
+    seed: int,
+    data_root: str | None = None,
+    n_views: int | None = None,
+) -> Task:
+    """A few-shot task on `dataset`: `shots` images per class drawn by `seed` (None = the whole
+    train split), each with the centre crop and `n_views` augmented views (default 16)."""
+    return prepare_task(
+        dataset=dataset, home=home, clip=clip, bank_domain=bank_domain, shots=shots, seed=seed,
+        data_root=data_root, n_views=n_views,
+    ).task  # fmt: skip

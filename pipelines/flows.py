@@ -1,0 +1,17 @@
+"""Every flow, importable from one place (the entrypoints of infra/prefect/prefect.yaml)."""
+
+from pipelines.build_domain import build_domain
+from pipelines.embed import embed_bank
+from pipelines.evaluate import evaluate
+from pipelines.features import extract_features
+from pipelines.generate import generate_descriptions
+from pipelines.train import train
+
+__all__ = [
+    "build_domain",
+    "embed_bank",
+    "evaluate",
+    "extract_features",
+    "generate_descriptions",
+    "train",
+]

@@ -1,0 +1,110 @@
+"""Flow parameters: pydantic models, the same ones `aape build-domain` and `aape demo` fill in.
+
+Prefect validates a flow's parameters against these models, so a deployment's JSON parameters,
+a CLI call and a Python call are checked by one set of rules. Library types are reused where
+they exist: `CLIPSettings` (prompt_banks.spec) names a CLIP, `TrainConfig` (aape.config) says
+what to train.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from aape.config import TrainConfig
+from prompt_banks.spec import CLIPSettings, DomainSpec, bundled_spec_path, load_spec
+
+# The baselines every evaluation reports beside AAPE (aape.config.Method).
+DEFAULT_BASELINES: tuple[str, ...] = ("zeroshot", "cupl", "linear_probe")
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    home: str | None = None  # AAPE_HOME: root of every store (a local path)
+
+
+def resolve_spec(spec: str) -> DomainSpec:
+    """A domain spec from a YAML path, or the name of a spec shipped in prompt_banks/specs."""
+    bundled = bundled_spec_path(spec)
+    return load_spec(
+        spec if Path(spec).suffix in (".yaml", ".yml") or not bundled.is_file() else bundled
+    )
+
+
+class GenerateParams(_Params):
+    spec: str  # domain spec YAML path, or the name of a bundled spec (e.g. "dtd")
+    retry_failed: bool = False  # ask again for rows stored as failed
+    limit_classes: int | None = Field(None, ge=1)  # only the first N classes (smoke runs)
+    # LLMSettings fields that override the spec's (backend, base_url, model, concurrency, ...).
+    llm: dict[str, Any] = Field(default_factory=dict)
+    progress: bool = True
+
+
+class EmbedParams(_Params):
+    domain: str
+    clip: CLIPSettings = CLIPSettings()
+    shard_size: int = Field(512, ge=1)  # texts per shard (one task, one store file)
+    batch_size: int = Field(256, ge=1)
+
+
+class FeatureParams(_Params):
+    dataset: str  # a name of aape.datasets.DATASETS
+    data_root: str | None = None
+    clip: CLIPSettings = CLIPSettings()
+    shots: int | None = Field(16, ge=1)  # train images per class to extract; None = all
+    seeds: tuple[int, ...] = (1,)  # few-shot draws whose train images are extracted
+    n_views: int = Field(16, ge=0)  # augmented views per train image (+ the centre crop)
+    splits: tuple[str, ...] = ("train", "val", "test")
+    max_eval_images: int | None = Field(None, ge=1)  # per eval split, per class; None = all
+    shard_size: int = Field(256, ge=1)  # images per shard
+    batch_size: int = Field(64, ge=1)
+
+
+class TrainParams(_Params):
+    dataset: str
+    domain: str  # the bank domain of the dataset's classes
+    data_root: str | None = None
+    clip: CLIPSettings = CLIPSettings()
+    shots: int = Field(16, ge=1)
+    seed: int = 1
+    n_views: int = Field(16, ge=0)
+    max_eval_images: int | None = Field(None, ge=1)
+    config: TrainConfig = TrainConfig()
+    progress: bool = True
+
+
+class EvaluateParams(_Params):
+    dataset: str
+    domain: str
+    data_root: str | None = None
+    clip: CLIPSettings = CLIPSettings()
+    shots: tuple[int, ...] = (16,)
+    seeds: tuple[int, ...] = (1,)
+    n_views: int = Field(16, ge=0)
+    max_eval_images: int | None = Field(None, ge=1)
+    config: TrainConfig = TrainConfig()  # AAPE; always reported beside its lambda = 0 twin
+    baselines: tuple[str, ...] = DEFAULT_BASELINES
+    force: bool = False  # re-run complete runs
+    progress: bool = True
+
+
+class BuildDomainParams(_Params):
+    """Everything for one domain spec and one dataset: the bank, the features, AAPE + baselines."""
+
+    spec: str
+    dataset: str
+    data_root: str | None = None
+    clip: CLIPSettings | None = None  # None: the spec's CLIP
+    llm: dict[str, Any] = Field(default_factory=dict)
+    shots: tuple[int, ...] = (16,)
+    seeds: tuple[int, ...] = (1,)
+    n_views: int = Field(16, ge=0)
+    max_eval_images: int | None = Field(None, ge=1)
+    config: TrainConfig = TrainConfig()
+    baselines: tuple[str, ...] = DEFAULT_BASELINES
+    generate: bool = True  # False: use the bank already in the store (imported or generated)
+    train: bool = True  # False: refresh the bank and the features only
+    progress: bool = True

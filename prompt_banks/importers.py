@@ -1,0 +1,471 @@
+"""Import public prompt-bank files into the store, and export a domain back to CuPL JSON.
+
+Formats (auto-detected from the content when not given):
+- `cupl`: CuPL's `{class: [sentence, ...]}`.
+- `dclip`: DCLIP descriptors `{class: [phrase, ...]}`; each phrase becomes the sentence
+  "{class}, which has/is {phrase}" with DCLIP's own rule; a class with no phrase is the bare
+  class name, as DCLIP's code does.
+- `clip-benchmark`: CLIP_benchmark's `--custom_template_file`, `{dataset: [template with {c}]}` or
+  `{dataset: {class: [prompt, ...]}}`; the dataset is the domain name (or the only one in the file).
+
+Class names are canonicalised (`text.canonical_class_name`). Two keys of one file that collide
+after that are an error naming both (never merged silently); a reference class list (given, or
+recognised, e.g. ImageNet's) reports its classes that collide on one name ("sunglasses").
+Nothing is written until the whole file has parsed and validated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import statistics
+from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prompt_banks import schema
+from prompt_banks.errors import UserError
+from prompt_banks.store import BankStore, utc_now
+from prompt_banks.text import canonical_class_name, is_fragment, normalize_whitespace, split_fused
+
+FORMATS = ("cupl", "dclip", "clip-benchmark")
+# A reference list is recognised when this share of the file's classes belongs to it.
+_RECOGNISE_SHARE = 0.95
+# DCLIP descriptors are short noun phrases without a full stop; CuPL answers are sentences.
+_DCLIP_MAX_MEDIAN_WORDS = 6
+_DCLIP_MAX_PERIOD_SHARE = 0.5
+
+DROP_DUPLICATE = "duplicate"
+DROP_FRAGMENT = "fragment"
+DROP_EMPTY = "empty"
+
+
+def _imagenet_classes() -> list[str]:
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+    return list(IMAGENET_CLASSNAMES)
+
+
+# Class lists a file is compared against when none is given: name -> (size, loader). The size
+# lets a file far smaller than the list skip loading it.
+KNOWN_CLASS_LISTS: dict[str, tuple[int, Callable[[], list[str]]]] = {
+    "imagenet": (1000, _imagenet_classes)
+}
+
+
+@dataclass
+class ImportReport:
+    path: str
+    domain: str
+    fmt: str
+    classes: int
+    rows: int  # description rows made from the file
+    written: int  # rows new to the store (0 when the file was imported before)
+    dropped: dict[str, int] = field(default_factory=dict)  # reason -> rows
+    # Canonical name -> the reference classes that share it (the file can hold only one).
+    collisions: dict[str, list[str]] = field(default_factory=dict)
+    reference: str | None = None  # the class list compared against
+    missing: list[str] = field(default_factory=list)  # reference classes absent from the file
+    extra: list[str] = field(default_factory=list)  # file classes absent from the reference
+    empty_classes: list[str] = field(default_factory=list)  # DCLIP classes with no descriptor
+    unused_renames: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> list[str]:
+        """Human-readable lines for the CLI."""
+        dropped = ", ".join(f"{n} {why}" for why, n in sorted(self.dropped.items())) or "none"
+        lines = [
+            f"{self.path} ({self.fmt}) -> domain '{self.domain}': {self.classes} classes, "
+            f"{self.rows} rows, {self.written} new; dropped: {dropped}"
+        ]
+        if self.reference:
+            lines.append(
+                f"compared with the {self.reference} class list: {len(self.missing)} classes "
+                f"missing, {len(self.extra)} extra, {len(self.collisions)} collisions"
+            )
+        for name, members in sorted(self.collisions.items()):
+            lines.append(f"collision: '{name}' names {len(members)} classes: {members}")
+        for label, names in (("missing", self.missing), ("extra", self.extra)):
+            if names:
+                lines.append(f"{label}: {names[:20]}{' ...' if len(names) > 20 else ''}")
+        if self.empty_classes:
+            lines.append(
+                f"classes without descriptors (kept as the bare name): {self.empty_classes}"
+            )
+        if self.unused_renames:
+            lines.append(f"rename keys not in the file: {self.unused_renames}")
+        return lines
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json.load keeps the last of two equal keys silently; that is a collision too.
+    seen: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in seen:
+            raise _DuplicateKey(k)
+        seen[k] = v
+    return seen
+
+
+def load_json(path: str | os.PathLike[str]) -> Any:
+    """A JSON file, or a one-line UserError naming the file and what is wrong with it."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: no such file; pass an existing JSON file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{p}: cannot read it as UTF-8 text ({exc}); pass a JSON file") from exc
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except json.JSONDecodeError as exc:
+        raise UserError(
+            f"{p}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); fix the file"
+        ) from exc
+    except _DuplicateKey as exc:
+        raise UserError(f"{p}: key '{exc.args[0]}' appears twice; keep one of them") from exc
+
+
+def _check_class_map(data: Any, where: str) -> dict[str, list[str]]:
+    """`data` as {class: [text, ...]}, or a UserError naming the first offending key."""
+    if not isinstance(data, dict):
+        raise UserError(
+            f"{where}: top level is a {type(data).__name__}, expected an object "
+            f'{{"class": ["text", ...]}}'
+        )
+    if not data:
+        raise UserError(f'{where}: holds no classes; expected {{"class": ["text", ...]}}')
+    for key, texts in data.items():
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            got = type(texts).__name__ if not isinstance(texts, list) else "a list with non-strings"
+            raise UserError(
+                f"{where}: class '{key}' holds {got}, expected a list of strings "
+                f'({{"class": ["text", ...]}})'
+            )
+        if not normalize_whitespace(key):
+            raise UserError(f"{where}: a class name is empty; give every class a name")
+    return data
+
+
+def detect_format(data: Any) -> str:
+    """`cupl`, `dclip` or `clip-benchmark`, from the content."""
+    if isinstance(data, dict) and data:
+        values = list(data.values())
+        if any(isinstance(v, dict) for v in values):
+            return "clip-benchmark"
+        texts = [t for v in values if isinstance(v, list) for t in v if isinstance(t, str)]
+        if any("{c}" in t for t in texts):
+            return "clip-benchmark"
+        if texts:
+            words = statistics.median(len(t.split()) for t in texts)
+            periods = sum(t.rstrip().endswith(".") for t in texts) / len(texts)
+            if words <= _DCLIP_MAX_MEDIAN_WORDS and periods < _DCLIP_MAX_PERIOD_SHARE:
+                return "dclip"
+    return "cupl"
+
+
+def display_name(raw_class_name: str) -> str:
+    """A class name as it reads in a sentence: underscores as spaces, case kept."""
+    return normalize_whitespace(raw_class_name.replace("_", " "))
+
+
+def dclip_sentence(class_name: str, phrase: str) -> str:
+    """DCLIP's descriptor sentence: "{class}, which is/has {phrase}" by the phrase's first word."""
+    first = phrase.split(" ", 1)[0].lower()
+    if first in ("a", "an", "used"):
+        link = "which is"
+    elif first in ("has", "often", "typically", "may", "can"):
+        link = "which"
+    else:
+        link = "which has"
+    return f"{class_name}, {link} {phrase}"
+
+
+@dataclass
+class _Source:
+    """One parsed file: raw class name -> raw texts, and how to turn a raw text into sentences."""
+
+    classes: dict[str, list[str]]
+    fmt: str
+    template_classes: bool = False  # clip-benchmark generic templates (texts hold "{c}")
+
+
+def _parse(data: Any, path: Path, fmt: str, domain: str, classes: Sequence[str] | None) -> _Source:
+    if fmt in ("cupl", "dclip"):
+        return _Source(_check_class_map(data, str(path)), fmt)
+    if not isinstance(data, dict) or not data:
+        raise UserError(f'{path}: expected an object {{"dataset": [...]}} (CLIP_benchmark)')
+    values = list(data.values())
+    if not any(isinstance(v, dict) for v in values) and any(
+        isinstance(t, str) and "{c}" not in t for v in values if isinstance(v, list) for t in v
+    ):
+        # {class: [prompt]} without the dataset level is CuPL's layout, which CLIP_benchmark reads.
+        return _Source(_check_class_map(data, str(path)), fmt)
+    key = domain if domain in data else (next(iter(data)) if len(data) == 1 else None)
+    if key is None:
+        raise UserError(
+            f"{path}: holds datasets {sorted(data)[:10]}, none named '{domain}'; "
+            f"pass --domain as one of them"
+        )
+    entry = data[key]
+    where = f"{path}[{key}]"
+    if isinstance(entry, dict):
+        return _Source(_check_class_map(entry, where), fmt)
+    if not isinstance(entry, list) or not entry or not all(isinstance(t, str) for t in entry):
+        raise UserError(f"{where}: expected a non-empty list of templates with {{c}}")
+    if not classes:
+        raise UserError(
+            f"{where}: holds generic templates with {{c}}; pass --classes FILE to expand them"
+        )
+    return _Source({c: list(entry) for c in classes}, fmt, template_classes=True)
+
+
+def _apply_renames(
+    source: dict[str, list[str]], rename: Mapping[str, str] | None
+) -> tuple[dict[str, list[str]], list[str]]:
+    if not rename:
+        return source, []
+    # An exact key wins; a key spelled differently matches by canonical name ("faces" ~ "Faces").
+    by_canon = {canonical_class_name(k): k for k in rename if k not in source}
+    used: set[str] = set()
+    out: dict[str, list[str]] = {}
+    for raw, texts in source.items():
+        key = raw if raw in rename else by_canon.get(canonical_class_name(raw))
+        if key is not None:
+            used.add(key)
+        out.setdefault(rename[key] if key is not None else raw, []).extend(texts)
+    return out, sorted(set(rename) - used)
+
+
+def _check_collisions(path: Path, names: list[str]) -> None:
+    groups: dict[str, list[str]] = defaultdict(list)
+    for n in names:
+        groups[canonical_class_name(n)].append(n)
+    clashes = {c: ns for c, ns in groups.items() if len(ns) > 1}
+    if clashes:
+        listed = "; ".join(f"'{c}' <- {ns}" for c, ns in sorted(clashes.items()))
+        raise UserError(
+            f"{path}: class names collide after canonicalisation: {listed}; "
+            f"rename one of each with --rename MAP"
+        )
+
+
+def _compare_reference(
+    names: list[str], classes: Sequence[str] | None
+) -> tuple[str | None, dict[str, list[str]], list[str], list[str]]:
+    """Which class list the file is checked against, the list's classes that share one name
+    (collisions), and the classes missing from the file and extra in it (canonical names)."""
+    reference: list[str] | None = list(classes) if classes else None
+    label = "given" if classes else None
+    canon = {canonical_class_name(n) for n in names}
+    if reference is None:
+        for name, (size, loader) in KNOWN_CLASS_LISTS.items():
+            if len(canon) < _RECOGNISE_SHARE * size:
+                continue
+            known = loader()
+            known_canon = {canonical_class_name(k) for k in known}
+            if canon and len(canon & known_canon) >= _RECOGNISE_SHARE * len(canon):
+                reference, label = known, name
+                break
+    if reference is None:
+        return None, {}, [], []
+    groups: dict[str, list[str]] = defaultdict(list)
+    for i, c in enumerate(reference):
+        groups[canonical_class_name(c)].append(f"#{i} {c}")
+    collisions = {c: members for c, members in groups.items() if len(members) > 1}
+    missing = sorted(c for c in groups if c not in canon)
+    return label, collisions, missing, sorted(canon - set(groups))
+
+
+def _rows_for_class(
+    domain: str, raw_name: str, texts: list[str], source: _Source
+) -> tuple[list[dict[str, Any]], Counter[str]]:
+    canon = canonical_class_name(raw_name)
+    shown = display_name(raw_name)
+    now = utc_now()
+    rows: list[dict[str, Any]] = []
+    dropped: Counter[str] = Counter()
+    first_seen: dict[str, int] = {}
+
+    def add(index: int, raw: str | None, clean: str | None, piece: int, why: str | None) -> None:
+        status, error = "ok", None
+        if why is None and clean is not None and clean in first_seen:
+            why = f"{DROP_DUPLICATE} of sample {first_seen[clean]}"
+        if why is not None:
+            status, error = "dropped", why
+            dropped[why.split(" ", 1)[0]] += 1
+        elif clean is not None:
+            first_seen[clean] = index
+        rows.append(
+            {
+                "row_key": schema.description_row_key(
+                    domain=domain,
+                    class_name=canon,
+                    source="import",
+                    question=None,
+                    sample_index=index,
+                    llm_model=None,
+                    llm_params=None,
+                    raw_text=raw,
+                    piece=piece,
+                ),
+                "domain": domain,
+                "class_name": canon,
+                "raw_class_name": raw_name,
+                "source": "import",
+                "question": None,
+                "sample_index": index,
+                "llm_model": None,
+                "llm_params": None,
+                "raw_text": raw,
+                "clean_text": clean,
+                "status": status,
+                "error": error,
+                "created_at": now,
+            }
+        )
+
+    for index, raw in enumerate(texts):
+        if source.template_classes:
+            pieces = [normalize_whitespace(raw.replace("{c}", shown))]
+        elif source.fmt == "dclip":
+            phrase = normalize_whitespace(raw)
+            pieces = [dclip_sentence(shown, phrase)] if phrase else []
+        else:
+            pieces = split_fused(raw)
+        if not pieces:
+            add(index, raw, None, 0, DROP_EMPTY)
+        for piece_index, piece in enumerate(pieces):
+            fragment = len(pieces) > 1 and is_fragment(piece)
+            add(index, raw, piece, piece_index, DROP_FRAGMENT if fragment else None)
+    if source.fmt == "dclip" and not any(r["status"] == "ok" for r in rows):
+        # DCLIP's own code falls back to the bare class name when a class has no descriptor.
+        add(len(texts), None, shown, 0, None)
+    return rows, dropped
+
+
+def import_file(
+    store: BankStore,
+    path: str | os.PathLike[str],
+    *,
+    domain: str,
+    fmt: str | None = None,
+    rename: Mapping[str, str] | None = None,
+    classes: Sequence[str] | None = None,
+) -> ImportReport:
+    """Import one file into `domain`. Re-importing the same file writes nothing.
+
+    `rename` maps a file's class names (exact or canonical) to new ones, e.g. CuPL's names to
+    CoOp's. `classes` is the reference class list to report collisions and missing classes
+    against (recognised automatically for ImageNet) and the classes that generic
+    CLIP_benchmark templates are expanded over."""
+    path = Path(path)
+    domain = normalize_whitespace(domain)
+    if not domain:
+        raise UserError("domain: empty; pass --domain NAME")
+    if fmt is not None and fmt not in FORMATS:
+        raise UserError(f"format: '{fmt}' is not one of {', '.join(FORMATS)}")
+    data = load_json(path)
+    fmt = fmt or detect_format(data)
+    source = _parse(data, path, fmt, domain, classes)
+    renamed, unused = _apply_renames(source.classes, rename)
+    source.classes = renamed
+    names = list(renamed)
+    _check_collisions(path, names)
+    empty = [n for n, texts in renamed.items() if not texts]
+    if empty and fmt != "dclip":
+        raise UserError(
+            f"{path}: class '{empty[0]}' has no texts ({len(empty)} such); remove it or add texts"
+        )
+    rows: list[dict[str, Any]] = []
+    dropped: Counter[str] = Counter()
+    bare: list[str] = []  # DCLIP classes without a usable descriptor
+    for raw_name, texts in renamed.items():
+        class_rows, class_dropped = _rows_for_class(domain, raw_name, texts, source)
+        if not any(r["status"] == "ok" for r in class_rows):
+            raise UserError(
+                f"{path}: class '{raw_name}' has no usable text (all empty); remove it or add texts"
+            )
+        rows.extend(class_rows)
+        dropped.update(class_dropped)
+        if any(r["raw_text"] is None for r in class_rows):
+            bare.append(raw_name)
+    label, collisions, missing, extra = _compare_reference(
+        names, None if source.template_classes else classes
+    )
+    written = store.append_descriptions(rows)
+    return ImportReport(
+        path=str(path),
+        domain=domain,
+        fmt=fmt,
+        classes=len(names),
+        rows=len(rows),
+        written=written,
+        dropped=dict(dropped),
+        collisions=collisions,
+        reference=label,
+        missing=missing,
+        extra=extra,
+        empty_classes=bare,
+        unused_renames=unused,
+    )
+
+
+def load_class_list(path: str | os.PathLike[str]) -> list[str]:
+    """A reference class list: a known name (`imagenet`), a JSON list, or one class per line."""
+    if str(path) in KNOWN_CLASS_LISTS:
+        return KNOWN_CLASS_LISTS[str(path)][1]()
+    p = Path(path)
+    if p.suffix == ".json":
+        data = load_json(p)
+        if not isinstance(data, list) or not all(isinstance(c, str) for c in data) or not data:
+            raise UserError(f"{p}: expected a JSON list of class names")
+        return data
+    if not p.is_file():
+        raise UserError(f"{p}: no such file; pass a class list (.json list or one per line)")
+    names = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not names:
+        raise UserError(f"{p}: holds no class names; one class per line")
+    return names
+
+
+def load_rename_map(path: str | os.PathLike[str]) -> dict[str, str]:
+    """A rename mapping file: JSON {"old name": "new name"}."""
+    data = load_json(path)
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and normalize_whitespace(v)
+        for k, v in data.items()
+    ):
+        raise UserError(f'{path}: expected a JSON object {{"old name": "new name"}}')
+    return data
+
+
+def export_cupl(store: BankStore, domain: str, out_path: str | os.PathLike[str]) -> dict[str, int]:
+    """Write the usable descriptions of `domain` as CuPL JSON {class: [sentence, ...]}
+    (atomically). Returns {"classes": C, "texts": N}."""
+    from prompt_banks.queries import class_texts
+
+    texts = class_texts(store, domain)
+    if not texts:
+        raise UserError(
+            f"domain: '{domain}' has no descriptions in {store.root}; import some first"
+        )
+    out = Path(out_path)
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        tmp.write_text(json.dumps(texts, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, out)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise UserError(f"{out}: cannot write ({exc.strerror}); pick a writable path") from exc
+    return {"classes": len(texts), "texts": sum(len(v) for v in texts.values())}
