@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 import torch
 
 from aape.data import ClassTexts, FeatureSet, Task
+from prompt_banks.atomic import write_json_atomic, write_parquet_atomic
 from prompt_banks.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -85,12 +86,9 @@ def _embedding_column(x: torch.Tensor) -> pa.Array:
 
 
 def _write_parquet(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
+        write_parquet_atomic(table, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise UserError(f"{path}: cannot write ({exc.strerror}); pick a writable folder") from exc
 
 
@@ -158,9 +156,7 @@ def write_task(task: Task, folder: str | os.PathLike[str]) -> Path:
         "d": texts.dim,
         "name": task.name,
     }
-    tmp = out / f".{META}.tmp"
-    tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out / META)
+    write_json_atomic(meta, out / META)
     return out
 
 

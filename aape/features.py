@@ -28,7 +28,6 @@ import math
 import os
 import random
 import time
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,6 +43,7 @@ from tqdm.auto import tqdm
 
 from aape.data import FeatureSet
 from aape.datasets.base import DEFAULT_VIEWS, Dataset, ImageRecord
+from prompt_banks.atomic import part_name, write_parquet_atomic
 from prompt_banks.clip import LoadedCLIP
 from prompt_banks.errors import UserError
 from prompt_banks.paths import features_dir
@@ -260,17 +260,11 @@ def _rows_table(columns: dict[str, list], dataset: str, model_id: str) -> pa.Tab
 def _publish(table: pa.Table, folder: Path) -> Path:
     """Write a new part atomically (as `prompt_banks.store` does): readers globbing
     `part-*.parquet` see a whole file or nothing."""
-    name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
-    final, tmp = folder / name, folder / f".{name}.tmp"
+    final = folder / part_name()
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with tmp.open("wb") as f:
-            pq.write_table(table, f, compression="zstd")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
+        write_parquet_atomic(table, final, fsync=True)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise UserError(
             f"features: cannot write {final} ({exc.strerror}); pick a writable --home"
         ) from exc

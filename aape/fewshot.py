@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from aape.datasets.base import ImageRecord
+from prompt_banks.atomic import write_text_atomic
 from prompt_banks.errors import UserError
 from prompt_banks.paths import aape_home
 from prompt_banks.schema import stable_hash
@@ -87,10 +88,7 @@ def write_manifest(manifest: FewShotManifest, home: str | os.PathLike[str] | Non
     """Publish the manifest as a JSON artifact (temp file + rename); returns its path."""
     path = manifest_path(home, manifest.dataset, manifest.shots, manifest.seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(manifest.to_json())
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(manifest.to_json(), path)
 
 
 def base_new_split(n_classes: int) -> tuple[list[int], list[int]]:

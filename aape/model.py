@@ -81,12 +81,14 @@ class PromptAggregator(nn.Module):
         self.ln = nn.LayerNorm(dim, elementwise_affine=cfg.aggregator_ln_affine) if use_ln else None
 
     def _z(self, q: torch.Tensor) -> torch.Tensor:
-        """Per-head score directions, [..., H, d]: z_h = Wk_h^T (Wq q)_h / sqrt(d_h)."""
-        dim = q.shape[-1]
+        """Score directions per head for queries [N, d]: [N, H, d], Wk_h^T (Wq q)_h / sqrt(d_h)."""
+        rows, dim = q.shape
         dh = dim // self.heads
-        qh = (q @ self.w_q.T).unflatten(-1, (self.heads, dh))  # [..., H, dh]
+        # Scale the H*dh query entries, not the H*d outputs (H times fewer; exact when dh is a
+        # power of 4, e.g. 64). One bmm over heads; the transposes are views, not copies.
+        qh = (q @ self.w_q.T).div_(math.sqrt(dh)).view(rows, self.heads, dh).transpose(0, 1)
         wk = self.w_k.view(self.heads, dh, dim)  # rows of Wk grouped by head
-        return torch.einsum("...hk,hkd->...hd", qh, wk) / math.sqrt(dh)
+        return torch.bmm(qh, wk).transpose(0, 1)
 
     def _finish(self, o: torch.Tensor) -> torch.Tensor:
         if self.ffn is not None:
@@ -118,7 +120,7 @@ class PromptAggregator(nn.Module):
         q = self.query[classes]
         if self.f is not None:
             q = q + self.f(x)
-        scores = torch.einsum("bhd,bnd->bhn", self._z(q), p)
+        scores = torch.bmm(self._z(q), p.transpose(1, 2))  # [B, H, n]
         attn = scores.masked_fill(~m.unsqueeze(1), float("-inf")).softmax(-1)
         # The mean over heads of convex combinations is one convex combination: average the
         # attention first, then one weighted sum of the prompts (H times less work).
@@ -139,11 +141,17 @@ class PromptAggregator(nn.Module):
             classes = torch.arange(c, device=bank.device).repeat(b)
             xs = x.repeat_interleave(c, 0)
             return self.forward(xs, bank, mask, classes, generator=generator).view(b, c, -1)
-        # q = query_c + f(x) is linear in the two parts, so z splits per class and per image.
-        z = self._z(self.query).unsqueeze(0)  # [1, C, H, d]
+        # q = query_c + f(x) is linear in the two parts, so z and the scores split into a per
+        # class term and a per image term: one GEMM against the whole bank, never a [B, C, H, d]
+        # tensor of score directions.
+        n = bank.shape[1]
+        scores = torch.einsum("chd,cnd->chn", self._z(self.query), bank).unsqueeze(0)
         if self.f is not None:
-            z = z + self._z(self.f(x)).unsqueeze(1)  # [B, C, H, d]
-        scores = torch.einsum("bchd,cnd->bchn", z.expand(b, -1, -1, -1), bank)
+            zf = self._z(self.f(x))  # [B, H, d]
+            per_image = (zf.flatten(0, 1) @ bank.flatten(0, 1).T).view(b, self.heads, c, n)
+            scores = scores + per_image.transpose(1, 2)  # [B, C, H, n]
+        else:
+            scores = scores.expand(b, -1, -1, -1)
         attn = scores.masked_fill(~mask[None, :, None, :], float("-inf")).softmax(-1)
         return self._finish(torch.einsum("bcn,cnd->bcd", attn.mean(2), bank))
 
@@ -212,7 +220,7 @@ class ClassifierHead(nn.Module):
         xw = x @ cache.w0.T + torch.bmm(u, (x @ w2).unsqueeze(-1)).squeeze(-1)
         # ||w||^2 - ||w0||^2 = u . (G u + 2 W2^T w0): one product and one reduction
         t = u @ (w2.T @ w2) + 2 * cache.w0_dot_w2
-        sq = cache.w0_sq + (t * u).sum(-1)
+        sq = cache.w0_sq + torch.linalg.vecdot(t, u)
         return xw / sq.clamp_min(1e-12).sqrt()
 
     def _cosines_inference(

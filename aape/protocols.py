@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -22,6 +21,7 @@ from aape.config import TrainConfig
 from aape.data import Task
 from aape.evaluate import base_new_classes, evaluate, harmonic_mean, subset_task
 from aape.train import TrainResult, train
+from prompt_banks import atomic
 from prompt_banks.schema import stable_hash
 
 log = logging.getLogger(__name__)
@@ -60,10 +60,9 @@ def _clean(value: Any) -> Any:
 
 
 def write_json_atomic(obj: dict[str, Any], path: Path) -> None:
+    """Publish a run record as strict JSON (non-finite numbers become null)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(_clean(obj), indent=2, allow_nan=False), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_json_atomic(_clean(obj), path, allow_nan=False)
 
 
 def load_complete(folder: Path) -> dict[str, Any] | None:

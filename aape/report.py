@@ -6,13 +6,13 @@ import csv
 import io
 import json
 import math
-import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from aape.evaluate import average_row
 from aape.protocols import RESULT_NAME
+from prompt_banks.atomic import atomic_path, write_text_atomic
 
 # The headline metrics of each protocol, in table order.
 PROTOCOL_METRICS = {
@@ -215,10 +215,9 @@ def plot_per_class(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
 
 def _save(fig: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
     fig.tight_layout()
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format=path.suffix.lstrip("."))
     return path
 
 
@@ -231,7 +230,5 @@ def write_report(runs_root: str | Path, out_dir: str | Path | None = None) -> di
     paths = {"markdown": out / "report.md", "csv": out / "results.csv"}
     out.mkdir(parents=True, exist_ok=True)
     for key, text in (("markdown", markdown(rows, plots)), ("csv", to_csv(rows))):
-        tmp = paths[key].with_name(paths[key].name + f".tmp-{os.getpid()}")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, paths[key])
+        write_text_atomic(text, paths[key])
     return {**paths, **{p.stem: p for p in plots}}

@@ -36,6 +36,7 @@ from aape.byof import select_shots
 from aape.config import TrainConfig
 from aape.data import ClassTexts
 from aape.protocols import base_to_new, load_complete, run_dir
+from prompt_banks.atomic import atomic_path, write_text_atomic
 from prompt_banks.paths import runs_dir
 from prompt_banks.schema import stable_hash
 
@@ -707,21 +708,18 @@ def plot_bars(
 
 def _save(fig: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
     fig.tight_layout()
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format=path.suffix.lstrip("."))
     _plt().close(fig)
     return path
 
 
 def write_csv(rows: list[Row], path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=[fl.name for fl in fields(Row)], lineterminator="\n")
         w.writeheader()
         w.writerows(asdict(r) for r in rows)
-    os.replace(tmp, path)
     return path
 
 
@@ -959,10 +957,7 @@ def run_study(
         jobs=jobs,
     )
     report_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = report_path.with_name(f".{report_path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, report_path)
-    return report_path
+    return write_text_atomic(text, report_path)
 
 
 def _cpu_seconds() -> float:

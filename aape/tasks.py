@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from aape.data import ClassTexts, FeatureSet, Task
-from aape.datasets import Dataset, load_dataset
+from aape.datasets import SPLITS, Dataset, ImageRecord, load_dataset
 from aape.datasets.base import DEFAULT_VIEWS
 from aape.features import ExtractReport, extract_records, load_features
 from aape.fewshot import FewShotManifest, fewshot_manifest, write_manifest
@@ -63,6 +64,55 @@ def _empty(dim: int) -> FeatureSet:
     )
 
 
+def trim_eval(ds: Dataset, max_eval_images: int | None) -> Dataset:
+    """`ds` with at most `max_eval_images` per class in every split but train when given (the
+    first ones in the loader's order, which is deterministic): a demo- or test-sized run."""
+    if max_eval_images is None:
+        return ds
+    splits = {}
+    for split, records in ds.splits.items():
+        if split == "train":
+            splits[split] = records
+            continue
+        seen: dict[int, int] = {}
+        kept = []
+        for r in records:
+            if seen.get(r.label, 0) < max_eval_images:
+                seen[r.label] = seen.get(r.label, 0) + 1
+                kept.append(r)
+        splits[split] = kept
+    return Dataset(ds.name, ds.classnames, splits, ds.description)
+
+
+def _picked(train: list[ImageRecord], manifests: Iterable[FewShotManifest]) -> list[ImageRecord]:
+    """The train records any of `manifests` selects, in the loader's order."""
+    chosen = set().union(*(m.selected() for m in manifests))
+    return [r for r in train if r.image_id in chosen]
+
+
+def task_records(
+    dataset: Dataset,
+    *,
+    shots: int | None,
+    seeds: Iterable[int],
+    max_eval_images: int | None = None,
+    splits: Iterable[str] = SPLITS,
+) -> list[ImageRecord]:
+    """The records of `splits` that the tasks on `dataset` with `shots` (None = the whole train
+    split) and each of `seeds` read: the few-shot train picks and every eval image (at most
+    `max_eval_images` per class, see `trim_eval`), split by split."""
+    ds = trim_eval(dataset, max_eval_images)
+    records: list[ImageRecord] = []
+    for split in splits:
+        found = ds.splits.get(split, [])
+        if split == "train" and shots is not None:
+            found = _picked(
+                found, (fewshot_manifest(found, shots, s, dataset=ds.name) for s in seeds)
+            )
+        records += found
+    return records
+
+
 def prepare_task(
     *,
     dataset: str | Dataset,
@@ -86,10 +136,8 @@ def prepare_task(
     if shots is not None and train:
         manifest = fewshot_manifest(train, shots, seed, dataset=ds.name)
         manifest_file = write_manifest(manifest, home)
-        chosen = manifest.selected()
-        train = [r for r in train if r.image_id in chosen]
-    eval_splits = [s for s in ("val", "test") if s in ds.splits]
-    records = train + [r for s in eval_splits for r in ds.splits[s]]
+        train = _picked(train, [manifest])
+    records = train + task_records(ds, shots=None, seeds=[], splits=("val", "test"))
     report = extract_records(
         records, loaded, home, dataset=ds.name, n_views=views, progress=progress
     )

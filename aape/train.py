@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +26,7 @@ from aape.config import TrainConfig
 from aape.data import ClassTexts, FeatureSet, Task
 from aape.losses import aape_loss
 from aape.model import AAPE, class_embeddings
+from prompt_banks.atomic import atomic_path
 from prompt_banks.clip import resolve_device
 from prompt_banks.errors import UserError
 
@@ -116,17 +116,19 @@ def epoch_lr(cfg: TrainConfig, epoch: int) -> float:
 
 
 def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    # One fused kernel per step where torch has one (CPU, CUDA): 2.5-3x faster than foreach on
+    # CPU; the same update (bitwise for SGD, within an ulp for AdamW).
+    fused = all(p.device.type in ("cpu", "cuda") for p in params)
+    impl: dict[str, bool] = {"fused": True} if fused else {"foreach": True}
     if cfg.recipe == "coop_sgd":
         return torch.optim.SGD(
             params,
             lr=cfg.sgd_lr,
             momentum=cfg.sgd_momentum,
             weight_decay=cfg.sgd_weight_decay,
-            foreach=True,
+            **impl,
         )
-    return torch.optim.AdamW(
-        params, lr=cfg.adamw_lr, weight_decay=cfg.adamw_weight_decay, foreach=True
-    )
+    return torch.optim.AdamW(params, lr=cfg.adamw_lr, weight_decay=cfg.adamw_weight_decay, **impl)
 
 
 def heldout_features(task: Task) -> FeatureSet:
@@ -172,9 +174,8 @@ def health_metrics(
 
 def _save_atomic(obj: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _check_task(task: Task, cfg: TrainConfig) -> None:
@@ -296,10 +297,12 @@ def train(
             for group in opt.param_groups:
                 group["lr"] = epoch_lr(cfg, epoch)
             rows = sampler.epoch(gen).to(device)
+            # One gather per epoch; each batch is then a contiguous slice (no per-step indexing).
+            x_epoch, y_epoch = x_all.index_select(0, rows), y_all.index_select(0, rows)
             sums = torch.zeros(4, device=device)
             n_steps = 0
             for i in range(0, len(rows), cfg.batch_size):
-                xb, yb = x_all[rows[i : i + cfg.batch_size]], y_all[rows[i : i + cfg.batch_size]]
+                xb, yb = x_epoch[i : i + cfg.batch_size], y_epoch[i : i + cfg.batch_size]
                 h = model.h(xb)
                 logits = model.g.cosines(xb, h, model.g.prepare(w_cls)) / cfg.tau
                 p_a = model.aggregator(xb, bank, mask, yb, generator=agg_gen)  # type: ignore[misc]

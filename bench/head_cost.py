@@ -41,7 +41,14 @@ def main() -> None:
     model = AAPE(d, TrainConfig()).eval()
     for p in model.parameters():  # trained-looking weights (the zero init would be a shortcut)
         p.data.normal_(0, 0.05)
-    print(f"d={d} batch={args.batch} threads={args.threads}  (microseconds per image)")
+    r = model.g.last.weight.shape[1]
+    # Multiply-adds per (image, class): zero-shot d; AAPE x.w0 (d), u @ [G | W2^T x] (r^2 + r),
+    # the quadratic form's reduction (r). Per image h(x), B h(x), W2^T x add 4 d r.
+    floor = (d + r * r + 2 * r) / d
+    print(
+        f"d={d} r={r} batch={args.batch} threads={torch.get_num_threads()} (both heads) "
+        f"(microseconds per image); arithmetic floor of the ratio {floor:.2f}x + 4r/C"
+    )
     print(f"{'C':>6} {'zero-shot':>10} {'aape':>10} {'ratio':>6} {'naive':>10} {'naive ratio':>11}")
     for c in (10, 100, 1000):
         for batch in (args.batch, 1):

@@ -16,7 +16,6 @@ Nothing is written until the whole file has parsed and validated.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import statistics
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from prompt_banks import schema
+from prompt_banks.atomic import write_json_atomic
 from prompt_banks.errors import UserError
 from prompt_banks.store import BankStore, utc_now
 from prompt_banks.text import canonical_class_name, is_fragment, normalize_whitespace, split_fused
@@ -460,12 +460,8 @@ def export_cupl(store: BankStore, domain: str, out_path: str | os.PathLike[str])
             f"domain: '{domain}' has no descriptions in {store.root}; import some first"
         )
     out = Path(out_path)
-    tmp = out.with_name(f".{out.name}.tmp")
     try:
-        tmp.write_text(json.dumps(texts, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, out)
+        write_json_atomic(texts, out, ensure_ascii=False, indent=1)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise UserError(f"{out}: cannot write ({exc.strerror}); pick a writable path") from exc
     return {"classes": len(texts), "texts": sum(len(v) for v in texts.values())}

@@ -4,7 +4,7 @@ Layout under `<root>` (by default `$AAPE_HOME/banks`):
     descriptions/part-<time>-<uuid>.parquet
     embeddings/part-<time>-<uuid>.parquet
 
-A writer never touches an existing file: it writes `.<name>.tmp` and renames it, so a reader
+A writer never touches an existing file: it writes `.<name>.<pid>.tmp` and renames it, so a reader
 listing `*.parquet` sees a whole file or nothing. Row keys make writes idempotent; if two writers
 race, readers still see each key once (the newest row wins).
 
@@ -14,10 +14,7 @@ The root is a local folder (first-class: fsync + `os.replace`) or an fsspec URL 
 
 from __future__ import annotations
 
-import contextlib
 import os
-import time
-import uuid
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from prompt_banks import schema
+from prompt_banks.atomic import part_name, write_parquet_atomic
 from prompt_banks.errors import UserError
 from prompt_banks.paths import banks_dir
 
@@ -204,7 +202,7 @@ class BankStore:
 
     # -- writing --------------------------------------------------------------------------
     def _publish(self, table: pa.Table, folder: Path | str) -> str:
-        name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+        name = part_name()
         if not self.is_local:
             return self._publish_remote(table, str(folder), name)
         folder = Path(folder)
@@ -214,16 +212,10 @@ class BankStore:
             raise UserError(
                 f"store: cannot create {folder} ({exc.strerror}); pick a writable --home"
             ) from exc
-        final, tmp = folder / name, folder / f".{name}.tmp"
+        final = folder / name
         try:
-            with tmp.open("wb") as f:
-                pq.write_table(table, f, compression="zstd")
-                f.flush()
-                os.fsync(f.fileno())  # the rename must never publish a file still in page cache
-            os.replace(tmp, final)
+            write_parquet_atomic(table, final, fsync=True)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             raise UserError(
                 f"store: cannot write {final} ({exc.strerror}); pick a writable --home"
             ) from exc

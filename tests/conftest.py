@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 # Set before anything imports open_clip / huggingface_hub / prefect: a mistaken download must
 # fail in seconds, and nothing may write to the user's real homes.
 _SESSION_TMP = Path(tempfile.mkdtemp(prefix="aape-tests-"))
+atexit.register(shutil.rmtree, _SESSION_TMP, ignore_errors=True)
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_HOME"] = str(_SESSION_TMP / "hf")

@@ -11,7 +11,7 @@ from fake_images import image_folder
 
 from aape.datasets import load_dataset
 from aape.fewshot import fewshot_manifest
-from aape.tasks import load_task, prepare_task
+from aape.tasks import load_task, prepare_task, task_records
 from prompt_banks.embed import embed_domain, encode_texts, template_text
 from prompt_banks.errors import UserError
 from prompt_banks.importers import import_file
@@ -112,3 +112,16 @@ def test_test_only_dataset_gives_an_evaluation_task(tmp_path: Path, home: Path, 
     )
     assert task.train.x.shape == (0, 64) and task.test.n_images == 4 and task.val is None
     assert task.texts.names == ["tench", "goldfish"]
+
+
+def test_task_records_are_the_union_of_the_seeds_picks_and_trimmed_eval(data: Path) -> None:
+    ds = load_dataset("folder", data)
+    records = task_records(ds, shots=1, seeds=[0, 1], max_eval_images=1)
+    picks = set().union(
+        *(fewshot_manifest(ds.splits["train"], 1, s, dataset=ds.name).selected() for s in (0, 1))
+    )
+    train = [r.image_id for r in records if r.split == "train"]
+    assert sorted(train) == sorted(picks)
+    test = [r for r in records if r.split == "test"]
+    assert sorted(r.label for r in test) == list(range(len(CLASSES)))  # 1 of 2 per class kept
+    assert len(task_records(ds, shots=None, seeds=[], splits=("train",))) == 3 * len(CLASSES)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
 from aape.cli.common import add_home, command
+from prompt_banks.atomic import write_json_atomic
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -74,9 +74,7 @@ def handle_simulate(args: argparse.Namespace) -> int:
         "small_llm": args.small_llm,
         "config": simulation.config_dict(cfg),
     }
-    tmp = out / ".simulation.json.tmp"
-    tmp.write_text(json.dumps(params, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out / "simulation.json")
+    write_json_atomic(params, out / "simulation.json")
     t = world.task
     print(
         f"wrote {out}: {len(t.texts.names)} classes, d = {t.texts.dim}, {t.train.n_images} train "

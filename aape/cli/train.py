@@ -49,7 +49,13 @@ def _task_factory(args: argparse.Namespace) -> tuple[str, Callable[[int, int], T
         store = banks_dir(args.home) if args.bank_domain else None
 
         def make_byof(shots: int, seed: int) -> Task:
-            return load_byof(args.features_dir, bank_store=store, bank_domain=args.bank_domain)
+            return load_byof(
+                args.features_dir,
+                bank_store=store,
+                bank_domain=args.bank_domain,
+                shots=shots,
+                seed=seed,
+            )
 
         return Path(args.features_dir).name, make_byof
 
@@ -175,10 +181,6 @@ def handle_eval(args: argparse.Namespace) -> int:
     for extra in args.baselines.split(",") if args.baselines else []:
         cfgs.append(cfg.model_copy(update={"method": extra.strip()}))
     name, make = _task_factory(args)
-    if args.features_dir and args.protocol == "few-shot" and len(_ints(args.shots, "--shots")) > 1:
-        raise UserError(
-            "--shots: a features folder has fixed shots; pass one value, e.g. --shots 16"
-        )
     root = Path(args.out) if args.out else runs_dir(args.home)
     seeds = _ints(args.seeds, "--seeds")
     common = dict(seeds=seeds, force=args.force, progress=not args.quiet)
