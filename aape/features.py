@@ -6,7 +6,8 @@ views 1..n_views, each a random resized crop (scale 0.08-1, aspect 3/4-4/3, as C
 horizontal flip with p = 0.5, drawn from a private RNG seeded by (image id, view): the same view
 of the same image is the same crop in every run, on every machine, for every CLIP model.
 
-Layout (append-only Parquet parts, each published atomically: temp file, fsync, rename):
+Layout (append-only Parquet parts, each published atomically: temp file, fsync, rename; under
+an fsspec URL home, e.g. `s3://bucket/aape`, temp object then move):
 
     <features_dir(home)>/<model id, '/' -> '__'>/<dataset>/<split>/part-<time>-<uuid>.parquet
 
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -43,10 +45,10 @@ from tqdm.auto import tqdm
 
 from aape.data import FeatureSet
 from aape.datasets.base import DEFAULT_VIEWS, Dataset, ImageRecord
-from prompt_banks.atomic import part_name, write_parquet_atomic
+from prompt_banks.atomic import publish_part
 from prompt_banks.clip import LoadedCLIP
 from prompt_banks.errors import UserError
-from prompt_banks.paths import features_dir
+from prompt_banks.paths import features_dir, is_url, join
 from prompt_banks.schema import stable_hash
 
 log = logging.getLogger(__name__)
@@ -257,33 +259,35 @@ def _rows_table(columns: dict[str, list], dataset: str, model_id: str) -> pa.Tab
 
 
 # -- the store ----------------------------------------------------------------------------------
-def _publish(table: pa.Table, folder: Path) -> Path:
-    """Write a new part atomically (as `prompt_banks.store` does): readers globbing
-    `part-*.parquet` see a whole file or nothing."""
-    final = folder / part_name()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        write_parquet_atomic(table, final, fsync=True)
-    except OSError as exc:
-        raise UserError(
-            f"features: cannot write {final} ({exc.strerror}); pick a writable --home"
-        ) from exc
-    return final
+def split_dir(
+    home: str | os.PathLike[str] | None, model_id: str, dataset: str, split: str
+) -> Path | str:
+    """The folder of one split: a Path, or a URL when the home is an fsspec URL."""
+    return join(features_dir(home), model_id.replace("/", "__"), dataset, split)
 
 
-def split_dir(home: str | os.PathLike[str] | None, model_id: str, dataset: str, split: str) -> Path:
-    return features_dir(home) / model_id.replace("/", "__") / dataset / split
+def _parts(folder: Path | str) -> tuple[list[str], fsspec.AbstractFileSystem | None]:
+    """The published parts of a split, oldest first, and the fsspec filesystem of a URL folder
+    (None for a local one, which pyarrow reads natively)."""
+    if not is_url(folder):
+        local = Path(folder)
+        found = sorted(str(p) for p in local.glob("part-*.parquet")) if local.is_dir() else []
+        return found, None
+    fs, path = fsspec.core.url_to_fs(str(folder))
+    return sorted(fs.glob(f"{path.rstrip('/')}/part-*.parquet")), fs
 
 
 def _read_split(
-    folder: Path, columns: list[str] | None = None, filters: list[tuple] | None = None
+    folder: Path | str, columns: list[str] | None = None, filters: list[tuple] | None = None
 ) -> pa.Table | None:
     """Every part of a split (None when there is none); `filters` are pushed down to Parquet,
     so selecting a few images of a large split reads little more than those rows."""
-    parts = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
+    parts, fs = _parts(folder)
     if not parts:
         return None
-    return pa.concat_tables([pq.read_table(p, columns=columns, filters=filters) for p in parts])
+    return pa.concat_tables(
+        [pq.read_table(p, columns=columns, filters=filters, filesystem=fs) for p in parts]
+    )
 
 
 def stored_keys(
@@ -296,15 +300,17 @@ def stored_keys(
     return set(zip(table.column("id").to_pylist(), table.column("view").to_pylist(), strict=True))
 
 
-def write_feature_rows(home: str | os.PathLike[str] | None, table: pa.Table) -> list[Path]:
-    """Publish computed rows, one part per (model, dataset, split) they contain."""
+def write_feature_rows(home: str | os.PathLike[str] | None, table: pa.Table) -> list[str]:
+    """Publish computed rows, one part per (model, dataset, split) they contain; returns the
+    parts' paths (URLs under a URL home)."""
     written = []
     if table.num_rows == 0:
         return written
     model_id, dataset = table.column("model_id")[0].as_py(), table.column("dataset")[0].as_py()
     for split in sorted(set(table.column("split").to_pylist())):
         part = table.filter(pc.equal(table.column("split"), split))
-        written.append(_publish(part, split_dir(home, model_id, dataset, split)))
+        folder = split_dir(home, model_id, dataset, split)
+        written.append(publish_part(part, folder, what="features"))
     return written
 
 

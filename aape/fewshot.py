@@ -18,10 +18,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import fsspec
+
 from aape.datasets.base import ImageRecord
 from prompt_banks.atomic import write_text_atomic
 from prompt_banks.errors import UserError
-from prompt_banks.paths import aape_home
+from prompt_banks.paths import aape_home, join
 from prompt_banks.schema import stable_hash
 
 
@@ -80,13 +82,21 @@ def fewshot_manifest(
     )
 
 
-def manifest_path(home: str | os.PathLike[str] | None, dataset: str, shots: int, seed: int) -> Path:
-    return aape_home(home) / "fewshot" / dataset / f"shots{shots}-seed{seed}.json"
+def manifest_path(
+    home: str | os.PathLike[str] | None, dataset: str, shots: int, seed: int
+) -> Path | str:
+    """Where a manifest rests: a Path, or a URL under an fsspec URL home."""
+    return join(aape_home(home), "fewshot", dataset, f"shots{shots}-seed{seed}.json")
 
 
-def write_manifest(manifest: FewShotManifest, home: str | os.PathLike[str] | None) -> Path:
-    """Publish the manifest as a JSON artifact (temp file + rename); returns its path."""
+def write_manifest(manifest: FewShotManifest, home: str | os.PathLike[str] | None) -> Path | str:
+    """Publish the manifest as a JSON artifact (temp file + rename; under a URL home one object
+    write, which appears whole or not at all); returns its path or URL."""
     path = manifest_path(home, manifest.dataset, manifest.shots, manifest.seed)
+    if isinstance(path, str):
+        with fsspec.open(path, "w", encoding="utf-8", auto_mkdir=True) as f:
+            f.write(manifest.to_json())
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_text_atomic(manifest.to_json(), path)
 

@@ -39,7 +39,7 @@ class PreparedTask:
     task: Task
     extraction: ExtractReport
     manifest: FewShotManifest | None
-    manifest_path: Path | None
+    manifest_path: Path | str | None  # a URL under an fsspec URL home
 
 
 def class_texts(

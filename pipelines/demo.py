@@ -25,7 +25,7 @@ from aape.config import TrainConfig
 from pipelines.params import BuildDomainParams
 from prompt_banks.clip import CLIPRef, load_clip
 from prompt_banks.errors import UserError
-from prompt_banks.paths import aape_home
+from prompt_banks.paths import local_home
 from prompt_banks.spec import CLIPSettings, bundled_spec_path, load_spec
 
 DATASET = "textile-defects"
@@ -132,7 +132,7 @@ def results_table(runs: list[dict[str, Any]], untrained: bool) -> list[str]:
 
 def run_demo(home: str | None = None, fast: bool = False) -> int:
     started = time.monotonic()
-    root = aape_home(home).resolve()
+    root = local_home(home, "demo runs").resolve()  # the demo trains and writes reports
     logging.getLogger("prompt_banks.clip").setLevel(logging.ERROR)  # the demo says it once, below
     print(f"AAPE demo: textile defects (PyPI conformal-clip-data), stores under {root}")
     clip, why = choose_clip()

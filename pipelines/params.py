@@ -23,7 +23,9 @@ DEFAULT_BASELINES: tuple[str, ...] = ("zeroshot", "cupl", "linear_probe")
 class _Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    home: str | None = None  # AAPE_HOME: root of every store (a local path)
+    # AAPE_HOME: a local path, or an fsspec URL for the stores (banks, features, few-shot
+    # manifests); runs and artifacts need a local home (prompt_banks.paths).
+    home: str | None = None
 
 
 def resolve_spec(spec: str) -> DomainSpec:

@@ -3,6 +3,9 @@
 A reader sees the old file, the whole new one, or nothing; never a half-written file. The temp
 name (`.<name>.<pid>.tmp`) is hidden and ends in `.tmp`, so globs such as `*.parquet` or
 `part-*.parquet` never list a file still being written.
+
+`publish_part` publishes a new Parquet part of an append-only store, to a local folder or to an
+fsspec URL (where the temp object is moved into place instead of renamed).
 """
 
 from __future__ import annotations
@@ -16,8 +19,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from prompt_banks.errors import UserError
+from prompt_banks.paths import is_url
 
 
 def part_name() -> str:
@@ -67,3 +74,41 @@ def write_parquet_atomic(
     with atomic_path(path, fsync=fsync) as tmp:
         pq.write_table(table, tmp, compression="zstd")
     return Path(path)
+
+
+def publish_part(table: pa.Table, folder: str | os.PathLike[str], *, what: str) -> str:
+    """Publish `table` as a new part (`part_name()`) in `folder`, a local folder (fsync + rename)
+    or an fsspec URL; returns the part's path or URL. An unwritable place is a UserError naming
+    `what` (the store), and leaves no part behind."""
+    name = part_name()
+    if is_url(folder):
+        return _publish_remote(table, str(folder).rstrip("/"), name, what)
+    folder = Path(str(folder).removeprefix("file://"))
+    final = folder / name
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_parquet_atomic(table, final, fsync=True)
+    except OSError as exc:
+        raise UserError(
+            f"{what}: cannot write {final} ({exc.strerror}); pick a writable --home"
+        ) from exc
+    return str(final)
+
+
+def _publish_remote(table: pa.Table, folder: str, name: str, what: str) -> str:
+    fs, _ = fsspec.core.url_to_fs(folder)
+    final, tmp = f"{folder}/{name}", f"{folder}/.{name}.tmp"
+    try:
+        fs.makedirs(folder, exist_ok=True)
+        with fs.open(tmp, "wb") as f:
+            pq.write_table(table, f, compression="zstd")
+        # On object stores the copy behind `mv` appears whole or not at all.
+        fs.mv(tmp, final)
+    except OSError as exc:
+        if fs.exists(tmp):
+            fs.rm(tmp)
+        reason = str(exc).replace("\n", " ")
+        raise UserError(
+            f"{what}: cannot write {final} ({reason}); check the URL and its credentials"
+        ) from exc
+    return final

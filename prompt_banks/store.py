@@ -24,12 +24,11 @@ import duckdb
 import fsspec
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from prompt_banks import schema
-from prompt_banks.atomic import part_name, write_parquet_atomic
+from prompt_banks.atomic import publish_part
 from prompt_banks.errors import UserError
-from prompt_banks.paths import banks_dir
+from prompt_banks.paths import banks_dir, is_url
 
 DESCRIPTIONS_DIR = "descriptions"
 EMBEDDINGS_DIR = "embeddings"
@@ -39,10 +38,6 @@ _NORM_TOLERANCE = 1e-3
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def is_url(root: str | os.PathLike[str]) -> bool:
-    return "://" in str(root) and not str(root).startswith("file://")
 
 
 def _validated_table(rows: list[Mapping[str, Any]], table_schema: pa.Schema, what: str) -> pa.Table:
@@ -202,40 +197,7 @@ class BankStore:
 
     # -- writing --------------------------------------------------------------------------
     def _publish(self, table: pa.Table, folder: Path | str) -> str:
-        name = part_name()
-        if not self.is_local:
-            return self._publish_remote(table, str(folder), name)
-        folder = Path(folder)
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(
-                f"store: cannot create {folder} ({exc.strerror}); pick a writable --home"
-            ) from exc
-        final = folder / name
-        try:
-            write_parquet_atomic(table, final, fsync=True)
-        except OSError as exc:
-            raise UserError(
-                f"store: cannot write {final} ({exc.strerror}); pick a writable --home"
-            ) from exc
-        return str(final)
-
-    def _publish_remote(self, table: pa.Table, folder: str, name: str) -> str:
-        assert self._fs is not None
-        final, tmp = f"{folder}/{name}", f"{folder}/.{name}.tmp"
-        try:
-            self._fs.makedirs(folder, exist_ok=True)
-            with self._fs.open(tmp, "wb") as f:
-                pq.write_table(table, f, compression="zstd")
-            # On object stores the copy behind `mv` appears whole or not at all.
-            self._fs.mv(tmp, final)
-        except OSError as exc:
-            if self._fs.exists(tmp):
-                self._fs.rm(tmp)
-            reason = str(exc).replace("\n", " ")
-            raise UserError(f"store: cannot write {final} ({reason}); check the store URL") from exc
-        return final
+        return publish_part(table, folder, what="store")
 
     def append_descriptions(self, rows: Iterable[Mapping[str, Any]]) -> int:
         """Store description rows whose key is new (or whose stored row failed). Returns how many

@@ -10,7 +10,9 @@ def add_home(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--home",
         default=None,
-        help="root of every store, cache and run (default: $AAPE_HOME, else ./aape-data)",
+        help="root of every store, cache and run (default: $AAPE_HOME, else ./aape-data); "
+        "an fsspec URL (s3://bucket/aape) holds the bank store and feature cache, while runs "
+        "and artifacts need a local --home or --out",
     )
 
 

@@ -136,13 +136,15 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     _quiet_http(args)
-    from prompt_banks.paths import aape_home
+    from prompt_banks.paths import local_home
 
     # Without a server, Prefect keeps its run history in a SQLite file under PREFECT_HOME; the
     # demo's goes beside its data (and is not shared with other Prefect work on the machine).
     if not os.environ.get("PREFECT_API_URL"):
         prefect_home = Path(
-            os.environ.setdefault("PREFECT_HOME", str(aape_home(args.home).resolve() / "prefect"))
+            os.environ.setdefault(
+                "PREFECT_HOME", str(local_home(args.home, "demo runs").resolve() / "prefect")
+            )
         )
         prefect_home.mkdir(parents=True, exist_ok=True)  # its server does not create the folder
         # Its first start creates and migrates that database: more than Prefect's default 20 s
