@@ -41,3 +41,16 @@ def command(
         epilog="examples:\n" + textwrap.indent(textwrap.dedent(examples).strip(), "  "),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """argparse type for a comma-separated list of integers ("1,2,4")."""
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a comma-separated list of integers"
+        ) from None
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one integer")
+    return values

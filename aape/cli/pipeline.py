@@ -12,19 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from aape.cli.common import add_clip, add_home, command
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"'{text}' is not a comma-separated list of integers"
-        ) from None
-    if not values:
-        raise argparse.ArgumentTypeError("give at least one integer")
-    return values
+from aape.cli.common import add_clip, add_home, command, int_list
 
 
 def _add_build_args(p: argparse.ArgumentParser) -> None:
@@ -40,10 +28,10 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
     add_home(p)
     add_clip(p, default_model=None)
     p.add_argument(
-        "--shots", type=_int_list, default=(16,), help="images per class, e.g. 1,4,16 (default 16)"
+        "--shots", type=int_list, default=(16,), help="images per class, e.g. 1,4,16 (default 16)"
     )
     p.add_argument(
-        "--seeds", type=_int_list, default=(1,), help="few-shot draws, e.g. 1,2,3 (default 1)"
+        "--seeds", type=int_list, default=(1,), help="few-shot draws, e.g. 1,2,3 (default 1)"
     )
     p.add_argument(
         "--views", type=int, default=16, help="augmented views per train image (default 16)"

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aape.cli.common import add_clip, add_home, command
+from aape.cli.common import add_clip, add_home, command, int_list
 from aape.config import TrainConfig, load_config
 from prompt_banks.errors import UserError
 from prompt_banks.paths import artifacts_dir, banks_dir, runs_dir
@@ -133,13 +133,6 @@ def handle_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ints(text: str, field: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as exc:
-        raise UserError(f"{field}: '{text}' is not a comma-separated list of integers") from exc
-
-
 def _target_factories(args: argparse.Namespace, cfg: TrainConfig) -> dict[str, Callable[[], Task]]:
     """Test-side tasks of cross-dataset / domain generalisation (their own classes)."""
     names = [t.strip() for t in (args.targets or "").split(",") if t.strip()]
@@ -182,17 +175,15 @@ def handle_eval(args: argparse.Namespace) -> int:
         cfgs.append(cfg.model_copy(update={"method": extra.strip()}))
     name, make = _task_factory(args)
     root = Path(args.out) if args.out else runs_dir(args.home)
-    seeds = _ints(args.seeds, "--seeds")
+    seeds = list(args.seeds)
     common = dict(seeds=seeds, force=args.force, progress=not args.quiet)
     if args.protocol == "few-shot":
-        records = protocols.few_shot(
-            make, name, cfgs, root, shots=_ints(args.shots, "--shots"), **common
-        )
+        records = protocols.few_shot(make, name, cfgs, root, shots=list(args.shots), **common)
     elif args.protocol == "base-to-new":
-        k = max(_ints(args.shots, "--shots"))
+        k = max(args.shots)
         records = protocols.base_to_new(lambda s: make(k, s), name, cfgs, root, shots=k, **common)
     else:
-        k = max(_ints(args.shots, "--shots"))
+        k = max(args.shots)
         targets = _target_factories(args, cfg)
         records = protocols.transfer(
             lambda s: make(k, s),
@@ -317,8 +308,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--target-bank-domains", help="bank domain of each target (class_embed bank_mean/both)"
     )
-    p.add_argument("--shots", default="1,2,4,8,16", help="comma list (base-to-new uses the max)")
-    p.add_argument("--seeds", default="1,2,3", help="comma list of seeds")
+    p.add_argument(
+        "--shots",
+        type=int_list,
+        default=(1, 2, 4, 8, 16),
+        help="comma list, default 1,2,4,8,16 (base-to-new uses the max)",
+    )
+    p.add_argument(
+        "--seeds", type=int_list, default=(1, 2, 3), help="comma list of seeds, default 1,2,3"
+    )
     p.add_argument(
         "--baselines",
         default="zeroshot,cupl",
