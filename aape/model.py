@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +15,9 @@ from torch import nn
 
 from aape.config import TrainConfig
 from aape.data import ClassTexts
+
+if TYPE_CHECKING:
+    from aape.head_kernel import KernelOperands, PromptOperands
 
 
 def bottleneck(d_in: int, d_out: int, hidden: int, *, zero_last: bool) -> nn.Sequential:
@@ -97,6 +101,13 @@ class PromptAggregator(nn.Module):
             o = self.ln(o)
         return F.normalize(o, dim=-1)
 
+    @staticmethod
+    def gather(
+        bank: torch.Tensor, mask: torch.Tensor, classes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prompts and prompt mask of each image's class, [B, n, d] and [B, n]."""
+        return bank.index_select(0, classes), mask.index_select(0, classes)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -105,9 +116,14 @@ class PromptAggregator(nn.Module):
         classes: torch.Tensor,
         *,
         generator: torch.Generator | None = None,
+        gathered: tuple[torch.Tensor, torch.Tensor | None] | None = None,
     ) -> torch.Tensor:
-        """p_a for image i and its class `classes[i]`: [B, d]. `bank`, `mask` are all classes'."""
-        p, m = bank.index_select(0, classes), mask.index_select(0, classes)  # [B, n, d], [B, n]
+        """p_a for image i and its class `classes[i]`: [B, d]. `bank`, `mask` are all classes';
+        `gathered` is `gather(bank, mask, classes)` when done ahead (the training pipeline),
+        with the mask None for `attention` when every class fills every prompt slot."""
+        p, m = self.gather(bank, mask, classes) if gathered is None else gathered
+        if m is None and self.kind != "attention":
+            raise ValueError(f"the {self.kind} aggregator needs the prompt mask")
         if self.kind == "mean":
             return self._finish(masked_mean(p, m))
         if self.kind == "random":
@@ -121,10 +137,21 @@ class PromptAggregator(nn.Module):
         if self.f is not None:
             q = q + self.f(x)
         scores = torch.bmm(self._z(q), p.transpose(1, 2))  # [B, H, n]
-        attn = scores.masked_fill(~m.unsqueeze(1), float("-inf")).softmax(-1)
+        if m is not None:
+            scores = scores.masked_fill(~m.unsqueeze(1), float("-inf"))
+        attn = scores.softmax(-1)
         # The mean over heads of convex combinations is one convex combination: average the
         # attention first, then one weighted sum of the prompts (H times less work).
         return self._finish(torch.bmm(attn.mean(1).unsqueeze(1), p).squeeze(1))
+
+    def _project_bank(self, bank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What scoring images against every class reuses: the bank's keys Wk p / sqrt(d_h)
+        laid out per head, [H, d_h, C n], and the per class part of the scores, [C, H, n]."""
+        c, n, dim = bank.shape
+        keys = (bank @ self.w_k.T).div_(math.sqrt(dim // self.heads)).view(c, n, self.heads, -1)
+        q = (self.query @ self.w_q.T).view(c, self.heads, -1)
+        class_scores = torch.einsum("chj,cnhj->chn", q, keys)
+        return keys.flatten(0, 1).permute(1, 2, 0).contiguous(), class_scores
 
     @torch.no_grad()
     def all_classes(
@@ -134,26 +161,48 @@ class PromptAggregator(nn.Module):
         mask: torch.Tensor,
         *,
         generator: torch.Generator | None = None,
+        projected: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """p_a(x, c) for every image and every class, [B, C, d] (teacher accuracy)."""
+        """p_a(x, c) for every image and every class, [B, C, d]; `projected`: `_project_bank`."""
         b, c = x.shape[0], bank.shape[0]
         if self.kind != "attention":
             classes = torch.arange(c, device=bank.device).repeat(b)
             xs = x.repeat_interleave(c, 0)
             return self.forward(xs, bank, mask, classes, generator=generator).view(b, c, -1)
-        # q = query_c + f(x) is linear in the two parts, so z and the scores split into a per
-        # class term and a per image term: one GEMM against the whole bank, never a [B, C, H, d]
-        # tensor of score directions.
-        n = bank.shape[1]
-        scores = torch.einsum("chd,cnd->chn", self._z(self.query), bank).unsqueeze(0)
+        # Against every class the bank's keys are worth projecting once (C n d^2), after which
+        # each image costs C n d instead of the H times more of the folded form in `forward`.
+        # q = query_c + f(x) is linear in its two parts, so the scores split into a per class
+        # term and a per image term.
+        keys, scores = self._project_bank(bank) if projected is None else projected
+        scores = scores.unsqueeze(0)
         if self.f is not None:
-            zf = self._z(self.f(x))  # [B, H, d]
-            per_image = (zf.flatten(0, 1) @ bank.flatten(0, 1).T).view(b, self.heads, c, n)
-            scores = scores + per_image.transpose(1, 2)  # [B, C, H, n]
+            n, heads = bank.shape[1], self.heads
+            qf = (self.f(x) @ self.w_q.T).view(b, heads, -1).transpose(0, 1)  # [H, B, d_h]
+            per_image = torch.bmm(qf, keys).view(heads, b, c, n)
+            scores = scores + per_image.permute(1, 2, 0, 3)  # [B, C, H, n]
         else:
             scores = scores.expand(b, -1, -1, -1)
         attn = scores.masked_fill(~mask[None, :, None, :], float("-inf")).softmax(-1)
         return self._finish(torch.einsum("bcn,cnd->bcd", attn.mean(2), bank))
+
+    @torch.no_grad()
+    def teacher_scores(
+        self,
+        x: torch.Tensor,
+        bank: torch.Tensor,
+        mask: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """cos(x, p_a(x, c)) for every image and class, [B, C] (the teacher's accuracy)."""
+        projected = self._project_bank(bank) if self.kind == "attention" else None
+        c, n = mask.shape
+        chunk = max(1, 2**20 // (c * max(n * self.heads, bank.shape[-1])))  # ~4 MB temporaries
+        scores = []
+        for xs in x.split(chunk):
+            p_all = self.all_classes(xs, bank, mask, generator=generator, projected=projected)
+            scores.append(torch.einsum("bd,bcd->bc", xs, p_all))
+        return torch.cat(scores)
 
 
 class PromptGenerator(nn.Module):
@@ -169,12 +218,19 @@ class PromptGenerator(nn.Module):
 
 @dataclass
 class HeadCache:
-    """What the head precomputes once per class list (see ClassifierHead.prepare)."""
+    """What the head precomputes once per class list (see ClassifierHead.prepare), from the
+    weights of that moment: a cache belongs to one state of the model. `AAPE.forward` and the
+    training updates prepare a fresh one per call; whoever keeps one longer (AAPEClassifier)
+    prepares again when the weights change."""
 
     pre: torch.Tensor  # [C, r]  A w_c + b1
     w0: torch.Tensor  # [C, d]  residual * w_c + b2
     w0_dot_w2: torch.Tensor  # [C, r]  W2^T w0_c
     w0_sq: torch.Tensor  # [C]     ||w0_c||^2
+    # Inference only, built by the first call without grad (training's prepare pays nothing):
+    kernel: KernelOperands | None = None  # the fused CPU kernel's, see `_kernel_operands`
+    prompt: PromptOperands | None = None  # AAPE.logits's h and tau for the kernel (h's weights)
+    gram_lin: tuple[torch.Tensor, torch.Tensor] | None = None  # eager: G, [2 W2^T w0_c | 0]
 
 
 class ClassifierHead(nn.Module):
@@ -184,6 +240,8 @@ class ClassifierHead(nn.Module):
     x . w_c(x) and ||w_c(x)||, both of which expand into r-dimensional terms:
       x . w = x . w0_c + (W2^T x) . u,        ||w||^2 = ||w0_c||^2 + 2 (W2^T w0_c) . u + u^T G u
     with u = relu(A w_c + B h(x) + b1) and G = W2^T W2: O(C r^2) per image, r = d/16.
+    Without grad on CPU a fused kernel (aape.head_kernel) uses the triangular form of
+    `_kernel_operands` for the norm: r (r + 1) / 2 multiply-adds per image and class.
     """
 
     def __init__(self, dim: int, *, residual: bool) -> None:
@@ -210,6 +268,10 @@ class ClassifierHead(nn.Module):
             w0_sq=(w0 * w0).sum(-1),
         )
 
+    def fused_kernel_applies(self, x: torch.Tensor) -> bool:
+        """Whether inference on x takes the fused CPU kernel (float32 on CPU)."""
+        return x.device.type == "cpu" and x.dtype == self.last.weight.dtype == torch.float32
+
     def cosines(self, x: torch.Tensor, h: torch.Tensor, cache: HeadCache) -> torch.Tensor:
         """cos(x, w_c(x)) for every image and class, [B, C], via the expansion above."""
         if not torch.is_grad_enabled():
@@ -226,15 +288,53 @@ class ClassifierHead(nn.Module):
     def _cosines_inference(
         self, x: torch.Tensor, h: torch.Tensor, cache: HeadCache
     ) -> torch.Tensor:
-        """`cosines` without autograd: in place, over chunks of classes so that the [B, c, r]
-        temporaries stay in cache, and with the two r-sized reductions done by one bmm."""
+        """`cosines` without autograd: the fused kernel where it runs, else eager chunks."""
+        if self.fused_kernel_applies(x):
+            return self._cosines_fused(x, h, cache)
+        return self._cosines_chunked(x, h, cache)
+
+    def kernel_operands(self, cache: HeadCache) -> KernelOperands:
+        """The fused kernel's operands for `cache`, built on first use."""
+        if cache.kernel is None:
+            cache.kernel = self._kernel_operands(cache)
+        return cache.kernel
+
+    def _kernel_operands(self, cache: HeadCache) -> KernelOperands:
+        """With W2 = Q R (reduced QR, Q orthonormal, R upper triangular),
+          ||w0_c + W2 u||^2 = ||Q^T w0_c + R u||^2 + ||w0_c - Q Q^T w0_c||^2,
+        exactly: R u costs r (r + 1) / 2 multiply-adds and the rest is per class. Float64, as
+        the residual w0_c - Q Q^T w0_c is small when w0_c lies near the span of W2."""
+        from aape.head_kernel import KernelOperands  # numba loads only when inference needs it
+
+        w2 = self.last.weight
+        q, r = torch.linalg.qr(w2.double())
+        w0 = cache.w0.double()
+        s0 = w0 @ q
+        rest = (w0 - s0 @ q.T).norm(dim=-1)
+        b = self.first.weight[:, self.dim :]
+        return KernelOperands.pack(cache.w0, cache.pre, s0, rest, r, b, w2)
+
+    def _cosines_fused(self, x: torch.Tensor, h: torch.Tensor, cache: HeadCache) -> torch.Tensor:
+        """`cosines` without autograd on CPU: one numba kernel that never materialises
+        [B, C, r], and no other op (each costs ~10 us for a single image)."""
+        from aape import head_kernel
+
+        return head_kernel.cosines(x, h, self.kernel_operands(cache))
+
+    def _cosines_chunked(self, x: torch.Tensor, h: torch.Tensor, cache: HeadCache) -> torch.Tensor:
+        """`cosines` without autograd elsewhere (GPU, other dtypes): in place, over chunks of
+        classes so that the [B, c, r] temporaries stay in cache, and with the two r-sized
+        reductions done by one bmm."""
         b, r = h.shape[0], self.last.weight.shape[1]
         chunk = max(16, (1 << 18) // (b * r))  # ~1 MB of float32 per temporary
         w2 = self.last.weight
+        if cache.gram_lin is None:
+            zeros = cache.w0_dot_w2.new_zeros(len(cache.pre), 1)
+            cache.gram_lin = (w2.T @ w2, torch.cat([2 * cache.w0_dot_w2, zeros], -1))
+        gram, lin = cache.gram_lin
         bh = (h @ self.first.weight[:, self.dim :].T).unsqueeze(1)  # [B, 1, r]
         # [G | W2^T x]: u @ this gives G u (for u^T G u) and u . W2^T x in one product.
-        mats = torch.cat([(w2.T @ w2).expand(b, r, r), (x @ w2).unsqueeze(-1)], -1)
-        lin = torch.cat([2 * cache.w0_dot_w2, cache.w0_dot_w2.new_zeros(len(cache.pre), 1)], -1)
+        mats = torch.cat([gram.expand(b, r, r), (x @ w2).unsqueeze(-1)], -1)
         xw0 = x @ cache.w0.T  # [B, C]
         out = torch.empty_like(xw0)
         for c0 in range(0, len(cache.pre), chunk):
@@ -273,9 +373,37 @@ class AAPE(nn.Module):
     def logits(
         self, x: torch.Tensor, cache: HeadCache, h: torch.Tensor | None = None
     ) -> torch.Tensor:
+        """cos(x', w_c(x')) / tau [B, C] for image embeddings x [B, d], x' = x / ||x||, with
+        h(x') unless given; `cache` from `g.prepare` with the current weights.
+
+        Without autograd on CPU one numba kernel does it all (normalisation, h, the head, 1 / tau)
+        and the way there touches no module attribute and only the torch ops it needs: after the
+        kernel's operand stream has flushed L2, each costs 5-20 us for a single image."""
+        if h is None and not torch.is_grad_enabled() and x.is_cpu and x.dtype == torch.float32:
+            prompt = cache.prompt if cache.prompt is not None else self._fuse(x, cache)
+            if prompt is not None:
+                return prompt.logits(x, cache.kernel)
         x = F.normalize(x, dim=-1)
         h = self.h(x) if h is None else h
         return self.g.cosines(x, h, cache) / self.tau
+
+    def _fuse(self, x: torch.Tensor, cache: HeadCache) -> PromptOperands | None:
+        """Builds the fused kernel's operands into `cache` (the head's and h's), or None where
+        the weights are not CPU float32 (the eager path then)."""
+        if not self.g.fused_kernel_applies(x):
+            return None
+        from aape.head_kernel import PromptOperands  # numba loads only when inference needs it
+
+        self.g.kernel_operands(cache)
+        first, last = self.h.net[0], self.h.net[2]
+        cache.prompt = PromptOperands.pack(
+            (first.weight, first.bias),
+            (last.weight, last.bias),
+            self.g.first.weight[:, self.dim :],
+            self.g.last.weight,
+            self.tau,
+        )
+        return cache.prompt
 
     def forward(self, x: torch.Tensor, class_embed: torch.Tensor) -> torch.Tensor:
         return self.logits(x, self.g.prepare(class_embed))

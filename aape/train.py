@@ -11,8 +11,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +22,8 @@ from tqdm.auto import tqdm
 from aape.baselines import Classifier, LinearProbe, TextClassifier, train_linear_probe
 from aape.config import TrainConfig
 from aape.data import ClassTexts, FeatureSet, Task
-from aape.losses import aape_loss
 from aape.model import AAPE, class_embeddings
+from aape.updates import Updates, flush_denormals, training_threads
 from prompt_banks.atomic import atomic_path
 from prompt_banks.clip import resolve_device
 from prompt_banks.errors import UserError
@@ -94,18 +92,6 @@ class ViewSampler:
         return self.order[self.offsets[perm] + pick]
 
 
-@contextmanager
-def flush_denormals() -> Iterator[None]:
-    """Flush subnormal floats to zero while training: the zero-initialised head's first tiny
-    updates produce them, and x86 arithmetic on them is many times slower (the loop ran 1.6x
-    slower with them). Only values below 1e-38 change."""
-    torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(False)
-
-
 def epoch_lr(cfg: TrainConfig, epoch: int) -> float:
     """Constant warm-up lr, then cosine decay over the remaining epochs (per epoch, as CoOp)."""
     base = cfg.sgd_lr if cfg.recipe == "coop_sgd" else cfg.adamw_lr
@@ -113,22 +99,6 @@ def epoch_lr(cfg: TrainConfig, epoch: int) -> float:
         return cfg.warmup_lr
     span = max((cfg.epochs or 1) - cfg.warmup_epochs, 1)
     return 0.5 * base * (1 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / span))
-
-
-def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    # One fused kernel per step where torch has one (CPU, CUDA): 2.5-3x faster than foreach on
-    # CPU; the same update (bitwise for SGD, within an ulp for AdamW).
-    fused = all(p.device.type in ("cpu", "cuda") for p in params)
-    impl: dict[str, bool] = {"fused": True} if fused else {"foreach": True}
-    if cfg.recipe == "coop_sgd":
-        return torch.optim.SGD(
-            params,
-            lr=cfg.sgd_lr,
-            momentum=cfg.sgd_momentum,
-            weight_decay=cfg.sgd_weight_decay,
-            **impl,
-        )
-    return torch.optim.AdamW(params, lr=cfg.adamw_lr, weight_decay=cfg.adamw_weight_decay, **impl)
 
 
 def heldout_features(task: Task) -> FeatureSet:
@@ -153,18 +123,11 @@ def health_metrics(
     bank, mask = texts.bank.to(device), texts.bank_mask.to(device)  # type: ignore[union-attr]
     means = texts.bank_mean().to(device)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    n_classes, n_max = mask.shape
-    chunk = max(1, 2**22 // (n_classes * n_max * cfg.aggregator_heads))
-    teacher_hits = 0
-    for i in range(0, len(x), chunk):
-        xs = x[i : i + chunk]
-        p_all = model.aggregator.all_classes(xs, bank, mask, generator=gen)
-        teacher = torch.einsum("bd,bcd->bc", xs, p_all).argmax(1)
-        teacher_hits += int((teacher == y[i : i + chunk]).sum())
+    teacher = model.aggregator.teacher_scores(x, bank, mask, generator=gen).argmax(1)
     student = F.normalize(model.h(x), dim=-1) @ means.T
     templates = F.normalize(texts.templates.to(device), dim=-1)
     return {
-        "teacher_acc": teacher_hits / len(x),
+        "teacher_acc": float((teacher == y).float().mean()),
         "student_acc": float((student.argmax(1) == y).float().mean()),
         "cupl_acc": float(((x @ means.T).argmax(1) == y).float().mean()),
         "zeroshot_acc": float(((x @ templates.T).argmax(1) == y).float().mean()),
@@ -235,9 +198,10 @@ def train(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = AAPE(texts.dim, cfg, bank.cpu(), mask.cpu()).to(device)
-    opt = make_optimizer(cfg, list(model.parameters()))
     gen = torch.Generator().manual_seed(cfg.seed)  # data order and views (CPU)
     agg_gen = torch.Generator(device=device).manual_seed(cfg.seed)  # `random` aggregator
+    w_cls = class_embeddings(texts, cfg.class_embed).to(device)
+    updates = Updates(model, cfg, bank, mask, w_cls, agg_gen)
     history: list[dict[str, float]] = []
     start_epoch, seconds = 0, 0.0
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
@@ -248,15 +212,19 @@ def train(
                 f"checkpoint {ckpt_path}: it was trained with another config; "
                 "use a new --out directory or pass --force"
             )
+        if "optimizers" not in state:
+            raise UserError(
+                f"checkpoint {ckpt_path}: written by an older version of aape; "
+                "use a new --out directory or pass --force"
+            )
         model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        updates.load_state_dict(state["optimizers"])
         gen.set_state(state["gen"].cpu())
         agg_gen.set_state(state["agg_gen"].cpu())
         history, start_epoch, seconds = state["history"], state["epoch"], state["seconds"]
 
     x_all = F.normalize(task.train.x, dim=-1).to(device)
     y_all = task.train.labels.to(device)
-    w_cls = class_embeddings(texts, cfg.class_embed).to(device)
     sampler = ViewSampler(task.train)
     epochs = cfg.epochs or 1
     stop = epochs if until_epoch is None else min(until_epoch, epochs)
@@ -270,7 +238,7 @@ def train(
                 "epoch": epoch,
                 "seconds": seconds,
                 "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
+                "optimizers": updates.state_dict(),
                 "gen": gen.get_state(),
                 "agg_gen": agg_gen.get_state().cpu(),
                 "history": history,
@@ -291,57 +259,36 @@ def train(
         initial=start_epoch,
         total=epochs,
     )
-    with flush_denormals():
+    # The student updates run on a second thread on CPU when torch may use two cores (see
+    # `updates`); not on GPUs, whose kernels are asynchronous already.
+    pipelined = device.type == "cpu" and not updates.coupled and torch.get_num_threads() > 1
+    with flush_denormals(), training_threads(pipelined) as pool:
         for epoch in bar:
             t0 = time.perf_counter()
-            for group in opt.param_groups:
-                group["lr"] = epoch_lr(cfg, epoch)
+            updates.set_lr(epoch_lr(cfg, epoch))
             rows = sampler.epoch(gen).to(device)
             # One gather per epoch; each batch is then a contiguous slice (no per-step indexing).
             x_epoch, y_epoch = x_all.index_select(0, rows), y_all.index_select(0, rows)
-            sums = torch.zeros(4, device=device)
-            n_steps = 0
-            for i in range(0, len(rows), cfg.batch_size):
-                xb, yb = x_epoch[i : i + cfg.batch_size], y_epoch[i : i + cfg.batch_size]
-                h = model.h(xb)
-                logits = model.g.cosines(xb, h, model.g.prepare(w_cls)) / cfg.tau
-                p_a = model.aggregator(xb, bank, mask, yb, generator=agg_gen)  # type: ignore[misc]
-                parts = aape_loss(
-                    logits,
-                    yb,
-                    xb,
-                    h,
-                    p_a,
-                    lambda_distill=cfg.lambda_distill,
-                    reward_scale=cfg.reward_scale,
-                    grad_to_teacher=cfg.distill_grad_to_aggregator,
-                )
-                opt.zero_grad(set_to_none=True)
-                parts.total.backward()
-                opt.step()
-                sums += torch.stack([parts.total, parts.task, parts.distill, parts.reward]).detach()
-                n_steps += 1
+            batches = [
+                (x_epoch[i : i + cfg.batch_size], y_epoch[i : i + cfg.batch_size])
+                for i in range(0, len(rows), cfg.batch_size)
+            ]
+            losses = updates.epoch(batches, pool)
             seconds += time.perf_counter() - t0
-            total, task_l, distill, reward = (sums / max(n_steps, 1)).tolist()
-            history.append(
-                {
-                    "epoch": epoch + 1,
-                    "lr": epoch_lr(cfg, epoch),
-                    "loss": total,
-                    "task": task_l,
-                    "distill": distill,
-                    "reward": reward,
-                }
-            )
+            history.append({"epoch": epoch + 1, "lr": epoch_lr(cfg, epoch), **losses})
+            total, distill = losses["loss"], losses["distill"]
             bar.set_postfix(loss=f"{total:.3f}", distill=f"{distill:.3f}")
             done = epoch + 1
             if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < stop:
                 save(done)
-    bar.close()
-    epochs_done = max(stop, start_epoch)
-    save(epochs_done)
-    model.eval()
-    health = health_metrics(model, task, cfg, device)
+        bar.close()
+        epochs_done = max(stop, start_epoch)
+        save(epochs_done)
+        model.eval()
+        # Inside the flush and the thread split: OpenMP workers started before the flush keep
+        # subnormals, and the softmax tails over every class are full of them (on 2 cores:
+        # 3 s with the process's 2 threads, 0.2-0.5 s with the training's 1).
+        health = health_metrics(model, task, cfg, device)
     if health:
         log.info(
             "%s: teacher_acc=%.3f student_acc=%.3f (cupl %.3f, zero-shot %.3f)",

@@ -19,8 +19,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from aape.config import TrainConfig
+from aape.model import AAPE, class_embeddings
 from aape.synthetic import make_task
 from aape.train import train
+from aape.updates import Updates
 
 
 def bench_full_run(epochs: int, batch: int) -> None:
@@ -52,15 +54,11 @@ def bench_recompute(steps: int) -> None:
     task = make_task(n_classes=n_classes, dim=clip.dim, shots=shots, views=1, seed=0)
     task.train.x = cached
     cfg = TrainConfig(recipe="adamw", warmup_epochs=0, aggregator_heads=4)
-    from aape.losses import aape_loss
-    from aape.model import AAPE, class_embeddings
-
-    model = AAPE(clip.dim, cfg, task.texts.bank, task.texts.bank_mask)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    w = class_embeddings(task.texts, "template")
     bank, mask = task.texts.bank, task.texts.bank_mask
-    y_all = task.train.labels
+    model = AAPE(clip.dim, cfg, bank, mask)
     gen = torch.Generator().manual_seed(0)
+    updates = Updates(model, cfg, bank, mask, class_embeddings(task.texts, "template"), gen)
+    y_all = task.train.labels
 
     def step(recompute: bool) -> None:
         rows = torch.randint(0, len(images), (batch,), generator=gen)
@@ -69,16 +67,8 @@ def bench_recompute(steps: int) -> None:
                 x = F.normalize(clip.model.encode_image(pixels[rows]).float(), dim=-1)
         else:
             x = cached[rows]
-        y = y_all[rows]
-        h = model.h(x)
-        logits = model.g.cosines(x, h, model.g.prepare(w)) / cfg.tau
-        p_a = model.aggregator(x, bank, mask, y)
-        loss = aape_loss(
-            logits, y, x, h, p_a, lambda_distill=5, reward_scale=2.5, grad_to_teacher=False
-        ).total
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        p_a, _ = updates.teacher(x, y_all[rows])
+        updates.student(x, y_all[rows], p_a)
 
     times = {}
     for recompute in (False, True):

@@ -163,3 +163,60 @@ def test_cli_train_export_predict_end_to_end(tmp_path: Path, tiny_clip, capsys) 
     assert pred["label"] in ("cat", "dog") and len(pred["top_k"]) == 2
     assert main(["predict", "--artifact", str(art), str(png)]) == 2  # no classes: one-line error
     assert "error: classes" in capsys.readouterr().err
+
+
+def _template_classifier(
+    tmp_path: Path, tiny_clip, monkeypatch
+) -> tuple[AAPEClassifier, list[list[str]]]:
+    """A class_embed=template classifier on aape-tiny, and the list of text-tower calls."""
+    import prompt_banks.embed
+
+    _, result = _trained("template", dim=tiny_clip.dim, model_id=tiny_clip.model_id)
+    clf = AAPEClassifier.load(export_artifact(result, tmp_path / "art"), clip=tiny_clip)
+    encode, calls = prompt_banks.embed.encode_texts, []
+
+    def counting(clip, texts, **kwargs):
+        calls.append(list(texts))
+        return encode(clip, texts, **kwargs)
+
+    monkeypatch.setattr(prompt_banks.embed, "encode_texts", counting)
+    return clf, calls
+
+
+def test_a_class_list_is_encoded_and_prepared_once(tmp_path: Path, tiny_clip, monkeypatch) -> None:
+    clf, calls = _template_classifier(tmp_path, tiny_clip, monkeypatch)
+    x = torch.randn(3, tiny_clip.dim, generator=torch.Generator().manual_seed(0))
+    names = ["cat", "dog", "bird"]
+    first = clf.logits_features(x, names)
+    assert len(calls) == 1
+    assert torch.equal(clf.logits_features(x, list(names)), first)
+    assert torch.equal(clf.logits_features(x[:1], names), first[:1])  # single images: same
+    assert len(calls) == 1  # the templates were not encoded again
+    with torch.no_grad():
+        torch.testing.assert_close(first, clf.model(x, clf.class_embeddings(names)))
+
+
+def test_each_class_list_and_weight_state_gets_its_own_head(
+    tmp_path: Path, tiny_clip, monkeypatch
+) -> None:
+    clf, calls = _template_classifier(tmp_path, tiny_clip, monkeypatch)
+    x = torch.randn(3, tiny_clip.dim, generator=torch.Generator().manual_seed(0))
+    names, other = ["cat", "dog", "bird"], ["bird", "cat"]
+    first = clf.logits_features(x, names)
+    second = clf.logits_features(x, other)
+    assert second.shape == (3, 2) and len(calls) == 2
+    # The same classes reordered (up to rounding: the text tower sees another batch)
+    torch.testing.assert_close(second, first[:, [2, 0]], rtol=1e-4, atol=1e-4)
+    assert torch.equal(clf.logits_features(x, names), first) and len(calls) == 2
+    with torch.no_grad():  # an in-place change of the weights: prepared again, not re-encoded
+        clf.model.h.net[2].bias.add_(0.5)
+        want = clf.model(x, clf.class_embeddings(names))
+    calls.clear()
+    changed = clf.logits_features(x, names)
+    assert len(calls) == 0 and not torch.allclose(changed, first)
+    torch.testing.assert_close(changed, want)
+    for i in range(8):  # eight other lists push the first out of the bounded cache
+        clf.logits_features(x, [f"class {i}"])
+    assert len(calls) == 8
+    clf.logits_features(x, names)
+    assert len(calls) == 9

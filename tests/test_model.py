@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 from aape_threads import one_torch_thread  # noqa: F401  (autouse fixture)
 
 from aape.config import TrainConfig
-from aape.model import AAPE, PromptAggregator, class_embeddings, masked_mean
+from aape.model import AAPE, ClassifierHead, PromptAggregator, class_embeddings, masked_mean
 from aape.synthetic import make_task
 
 
@@ -35,6 +37,8 @@ def test_head_starts_at_zero_shot_logits() -> None:
     x = task.test.x
     w = class_embeddings(task.texts, "template")
     torch.testing.assert_close(model(x, w), x @ w.T / cfg.tau, rtol=1e-5, atol=1e-4)
+    with torch.no_grad():  # W2 = 0: its QR in the CPU kernel's operands is degenerate
+        torch.testing.assert_close(model(x, w), x @ w.T / cfg.tau, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("residual", [True, False])
@@ -47,8 +51,98 @@ def test_fast_head_equals_explicit_class_weights(residual: bool) -> None:
     explicit = model.g.explicit(w, model.h(x))  # [B, C, d]
     want = F.cosine_similarity(x.unsqueeze(1), explicit, dim=-1) / model.tau
     torch.testing.assert_close(model(x, w), want, rtol=1e-4, atol=1e-3)  # autograd path
-    with torch.no_grad():  # the chunked in-place inference path
+    with torch.no_grad():  # the fused CPU kernel
         torch.testing.assert_close(model(x, w), want, rtol=1e-4, atol=1e-3)
+
+
+def _head_with_edge_classes(
+    dim: int, n_classes: int, *, residual: bool
+) -> tuple[ClassifierHead, torch.Tensor]:
+    """A perturbed head and class embeddings [C, d] where class 0 has u = 0 (relu cut for any
+    h) and a tiny w0, so w_0(x) is tiny; class 1 (when C > 1) has u = 0 and an ordinary w0."""
+    head = ClassifierHead(dim, residual=residual)
+    _perturb(head)
+    gen = torch.Generator().manual_seed(4)
+    w = F.normalize(torch.randn(n_classes, dim, generator=gen), dim=-1)
+    e0 = torch.zeros(dim)
+    e0[0] = 1.0
+    tiny = 1e-4 * torch.randn(dim, generator=gen)
+    with torch.no_grad():
+        head.first.weight[:, 0] = 50.0  # A w_c = -50 per unit of -e0 in w_c, beyond any B h
+        head.last.bias.copy_(e0 + tiny if residual else tiny)  # w0_0 = -e0 + b2 = tiny
+    w[0] = -e0
+    if n_classes > 1:
+        w[1] = -F.normalize(e0 + 0.3 * w[1], dim=0)
+    return head, w
+
+
+def _cosines_float64(head: ClassifierHead, x: torch.Tensor, h: torch.Tensor, w: torch.Tensor):
+    """cos(x, w_c(x)) through the materialised w_c(x), in float64."""
+    w_x = copy.deepcopy(head).double().explicit(w.double(), h.double())
+    return F.cosine_similarity(x.double().unsqueeze(1), w_x, dim=-1)
+
+
+@pytest.mark.parametrize("residual", [True, False])
+@pytest.mark.parametrize(
+    ("dim", "n_images", "n_classes"),
+    [(32, 1, 1), (48, 5, 7), (80, 1, 37), (512, 9, 130), (1056, 3, 65)],
+)
+def test_cpu_kernel_equals_explicit_class_weights(
+    residual: bool, dim: int, n_images: int, n_classes: int
+) -> None:
+    head, w = _head_with_edge_classes(dim, n_classes, residual=residual)
+    gen = torch.Generator().manual_seed(5)
+    x = F.normalize(torch.randn(n_images, dim, generator=gen), dim=-1)
+    h = torch.randn(n_images, dim, generator=gen)
+    want = _cosines_float64(head, x, h, w)
+    with torch.no_grad():
+        cache = head.prepare(w)
+        got = head.cosines(x, h, cache)
+        assert cache.kernel is not None  # the fused kernel ran, not the eager chunks
+        assert torch.equal(head.cosines(x, h, cache), got)  # again from the cached operands
+    torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("residual", [True, False])
+@pytest.mark.parametrize("n_images", [1, 6])
+@pytest.mark.parametrize(("dim", "n_classes"), [(32, 1), (48, 7), (80, 37), (512, 130)])
+def test_cpu_logits_fold_normalisation_h_and_tau_exactly(
+    residual: bool, n_images: int, dim: int, n_classes: int
+) -> None:
+    torch.manual_seed(0)  # the initial weights: some draws make ||w_c(x)|| ~ 1e-3, ill-conditioned
+    model = AAPE(dim, TrainConfig(head_residual=residual))
+    _perturb(model.h)
+    model.g, w = _head_with_edge_classes(dim, n_classes, residual=residual)
+    gen = torch.Generator().manual_seed(7)
+    # Unnormalised images, norms 0.01 to 100; a zero image normalises to zero, as F.normalize.
+    x = torch.randn(n_images, dim, generator=gen) * torch.logspace(-2, 2, n_images).unsqueeze(1)
+    if n_images > 1:
+        x[1] = 0.0
+    reference = copy.deepcopy(model).double()
+    x64 = F.normalize(x.double(), dim=-1)
+    want = _cosines_float64(reference.g, x64, reference.h(x64), w) / model.tau
+    with torch.no_grad():
+        cache = model.g.prepare(w)
+        got = model.logits(x, cache)
+        assert cache.kernel is not None and cache.prompt is not None  # the fully fused path
+    # In cosine units 2e-6: float32 rounding over d = 512 terms (the eager path is as far)
+    torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=2e-6 / model.tau)
+    with torch.no_grad(), pytest.raises(ValueError, match="model's d"):
+        model.logits(x[:, 1:], cache)  # no h(x) to refuse it, so the kernel does
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_eager_inference_head_equals_explicit_class_weights(residual: bool) -> None:
+    head, w = _head_with_edge_classes(32, 37, residual=residual)
+    head = head.double()  # not the CPU kernel's float32: the eager chunks
+    gen = torch.Generator().manual_seed(6)
+    x = F.normalize(torch.randn(5, 32, generator=gen, dtype=torch.float64), dim=-1)
+    h = torch.randn(5, 32, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        cache = head.prepare(w.double())
+        got = head.cosines(x, h, cache)
+        assert cache.kernel is None and cache.gram_lin is not None
+    torch.testing.assert_close(got, _cosines_float64(head, x, h, w))
 
 
 def test_p_a_lies_in_the_span_of_the_class_prompts() -> None:

@@ -7,12 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from aape_threads import one_torch_thread  # noqa: F401  (autouse fixture)
 
 from aape.config import TrainConfig, load_config
 from aape.evaluate import evaluate
+from aape.losses import aape_loss
+from aape.model import AAPE, class_embeddings
 from aape.synthetic import make_task
 from aape.train import load_checkpoint, shots_of, train
+from aape.updates import Updates, make_optimizer, training_threads
 from prompt_banks.errors import UserError
 
 FAST = dict(recipe="adamw", epochs=6, warmup_epochs=0, batch_size=16, aggregator_heads=4)
@@ -150,3 +154,78 @@ def test_task_without_bank_is_refused_for_aape() -> None:
     task.texts.bank, task.texts.bank_mask = None, None
     with pytest.raises(UserError, match="prompt bank"):
         train(task, TrainConfig(), progress=False)
+
+
+def test_pipelined_updates_equal_one_backward_through_the_summed_loss() -> None:
+    """The teacher/student split (and its two-thread pipeline) is an execution detail: the
+    weights equal, bit for bit, those of one optimizer on L_task + lambda L_distill + L_reward."""
+    task = make_task(dim=32, n_classes=6, shots=4)
+    cfg = TrainConfig(**{**FAST, "recipe": "coop_sgd"}).resolve(4)
+    bank, mask = task.texts.bank, task.texts.bank_mask
+    w = class_embeddings(task.texts, cfg.class_embed)
+    x, y = F.normalize(task.train.x, dim=-1), task.train.labels
+    batches = [(x[i : i + 16], y[i : i + 16]) for i in range(0, len(y), 16)]
+
+    def fresh() -> AAPE:
+        torch.manual_seed(0)
+        return AAPE(32, cfg, bank, mask)
+
+    models = {}
+    for name, pipelined in (("lockstep", False), ("pipelined", True)):
+        models[name] = fresh()
+        updates = Updates(models[name], cfg, bank, mask, w, torch.Generator())
+        with training_threads(pipelined) as pool:
+            for _ in range(3):
+                updates.epoch(batches, pool)
+    reference = fresh()
+    opt = make_optimizer(cfg, list(reference.parameters()))
+    for _ in range(3):
+        for xb, yb in batches:
+            h = reference.h(xb)
+            logits = reference.g.cosines(xb, h, reference.g.prepare(w)) / cfg.tau
+            p_a = reference.aggregator(xb, bank, mask, yb)
+            loss = aape_loss(
+                logits, yb, xb, h, p_a, lambda_distill=5, reward_scale=2.5, grad_to_teacher=False
+            ).total
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    assert _same_weights(models["lockstep"], reference)  # bitwise
+    assert _same_weights(models["pipelined"], reference)
+
+
+def test_two_cores_pipeline_the_run_and_change_no_weight() -> None:
+    task = make_task(dim=32, n_classes=6, shots=4)
+    cfg = TrainConfig(**{**FAST, "recipe": "coop_sgd", "warmup_epochs": 1})
+    one = train(task, cfg, progress=False)  # one torch thread: teacher, then student
+    torch.set_num_threads(2)  # the fixture restores it
+    two = train(task, cfg, progress=False)  # pipelined: student on a second thread
+    assert torch.get_num_threads() == 2
+    assert _same_weights(one.model, two.model)
+    assert one.history == two.history and one.health == two.health
+
+
+@pytest.mark.parametrize("side", ["teacher", "student"])
+def test_an_error_on_either_side_of_the_pipeline_is_raised_not_hung(
+    side: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task = make_task(dim=32, n_classes=6, shots=4)
+    cfg = TrainConfig(**FAST).resolve(4)
+    bank, mask = task.texts.bank, task.texts.bank_mask
+    updates = Updates(
+        AAPE(32, cfg, bank, mask), cfg, bank, mask, task.texts.templates, torch.Generator()
+    )
+    x, y = F.normalize(task.train.x, dim=-1), task.train.labels
+    batches = [(x[i : i + 4], y[i : i + 4]) for i in range(0, len(y), 4)]
+    calls = []
+    real = getattr(Updates, side)
+
+    def failing(self: Updates, *args: object) -> object:
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError(f"{side} broke")
+        return real(self, *args)
+
+    monkeypatch.setattr(Updates, side, failing)
+    with training_threads(True) as pool, pytest.raises(RuntimeError, match=f"{side} broke"):
+        updates.epoch(batches, pool)
