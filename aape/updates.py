@@ -118,6 +118,11 @@ class Updates:
         for name, opt in self.optimizers.items():
             opt.load_state_dict(state[name])
 
+    def gather(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The prompts of each label's class, and their mask where the aggregator needs it."""
+        p, m = PromptAggregator.gather(self.bank, self.mask, y)
+        return p, m if self.needs_mask else None
+
     def teacher(
         self,
         x: torch.Tensor,
@@ -135,20 +140,23 @@ class Updates:
 
     def student(self, x: torch.Tensor, y: torch.Tensor, p_a: torch.Tensor) -> torch.Tensor:
         """The update of h and g from L_task + lambda L_distill; returns [task, distill]."""
-        model, lam = self.model, self.cfg.lambda_distill
-        h = model.h(x)
-        logits = model.g.cosines(x, h, model.g.prepare(self.w_cls)) / self.cfg.tau
+        lam = self.cfg.lambda_distill
+        h, logits = self._student_forward(x)
         task = task_loss(logits, y)
         distill = distill_loss(h, p_a) if lam else task.new_zeros(())
         _step(self.optimizers["student"], task + lam * distill)
         return torch.stack([task, distill]).detach()
 
-    def coupled_update(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """One update of everything through the summed loss; returns [task, distill, reward]."""
+    def _student_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """h(x) and the logits of the training classes, [B, d] and [B, C]."""
         model = self.model
         h = model.h(x)
-        logits = model.g.cosines(x, h, model.g.prepare(self.w_cls)) / self.cfg.tau
-        p_a = model.aggregator(x, self.bank, self.mask, y, generator=self.generator)  # type: ignore[misc]
+        return h, model.g.cosines(x, h, model.g.prepare(self.w_cls)) / self.cfg.tau
+
+    def coupled_update(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One update of everything through the summed loss; returns [task, distill, reward]."""
+        h, logits = self._student_forward(x)
+        p_a = self.model.aggregator(x, self.bank, self.mask, y, generator=self.generator)  # type: ignore[misc]
         parts = aape_loss(
             logits,
             y,
@@ -171,7 +179,7 @@ class Updates:
             if pool is None:
                 students, rewards = [], []
                 for x, y in batches:
-                    p_a, reward_t = self.teacher(x, y)
+                    p_a, reward_t = self.teacher(x, y, self.gather(y))
                     rewards.append(reward_t)
                     students.append(self.student(x, y, p_a))
             else:
@@ -192,22 +200,18 @@ class Updates:
         prompts: queue.SimpleQueue[tuple[torch.Tensor, torch.Tensor | None] | None]
         prompts = queue.SimpleQueue()
 
-        def gather(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-            p, m = PromptAggregator.gather(self.bank, self.mask, y)
-            return p, m if self.needs_mask else None
-
         def student_side() -> list[torch.Tensor]:
             terms = []
             try:
                 for _, y in batches[:ahead]:
-                    prompts.put(gather(y))
+                    prompts.put(self.gather(y))
                 for i, (x, y) in enumerate(batches):
                     p_a = teachers.get()
                     if p_a is None:  # the teacher side failed; its error is raised there
                         break
                     terms.append(self.student(x, y, p_a))
                     if i + ahead < len(batches):
-                        prompts.put(gather(batches[i + ahead][1]))
+                        prompts.put(self.gather(batches[i + ahead][1]))
             except BaseException:
                 prompts.put(None)
                 raise
