@@ -38,11 +38,13 @@ def export_artifact(
     clip_ref: CLIPRef | None = None,
     metrics: dict[str, Any] | None = None,
     extra_bank_means: dict[str, torch.Tensor] | None = None,
+    lineage: dict[str, Any] | None = None,
 ) -> Path:
     """Write the artifact of a trained AAPE to `out_dir` (replaced atomically).
 
     `extra_bank_means` adds mean bank embeddings of classes beyond the training ones (new classes
-    to be predicted later; made ahead of time from their banks)."""
+    to be predicted later; made ahead of time from their banks). `lineage` is the run's
+    `aape.lineage.lineage` record: bank snapshot, LLMs, CLIP, features, code."""
     if result.model is None:
         raise UserError(f"aape export: method {result.config.method} has no AAPE weights to export")
     if clip_ref is not None and clip_ref.model_id != result.model_id:
@@ -73,6 +75,7 @@ def export_artifact(
         "bank_mean_classes": bank_classes,
         "metrics": metrics or {},
         "health": result.health,
+        "lineage": lineage or {},
         "created_at": datetime.now(UTC).isoformat(),
     }
     out = Path(out_dir)

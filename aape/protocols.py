@@ -20,6 +20,7 @@ from typing import Any
 from aape.config import TrainConfig
 from aape.data import Task
 from aape.evaluate import base_new_classes, evaluate, harmonic_mean, subset_task
+from aape.lineage import lineage
 from aape.train import TrainResult, train
 from prompt_banks import atomic
 from prompt_banks.schema import stable_hash
@@ -38,14 +39,24 @@ def with_lambda0(cfg: TrainConfig) -> list[TrainConfig]:
     return [cfg]
 
 
-def config_dir_name(cfg: TrainConfig) -> str:
-    """Method tag + a hash of every switch except seed and device (one folder per setting)."""
+def config_dir_name(cfg: TrainConfig, identity: dict[str, Any] | None = None) -> str:
+    """Method tag + a hash of every switch except seed and device (one folder per setting), and
+    of `identity` when given (the bank's content: `prompt_banks.snapshots.bank_identity`)."""
     key = cfg.model_dump(exclude={"seed", "device", "checkpoint_every", "health_max_images"})
+    if identity:
+        key = {**key, "identity": identity}
     return f"{cfg.tag()}-{stable_hash(key)[:8]}"
 
 
-def run_dir(runs_root: Path, protocol: str, task_name: str, cfg: TrainConfig, leaf: str) -> Path:
-    return Path(runs_root) / protocol / task_name / config_dir_name(cfg) / leaf
+def run_dir(
+    runs_root: Path,
+    protocol: str,
+    task_name: str,
+    cfg: TrainConfig,
+    leaf: str,
+    identity: dict[str, Any] | None = None,
+) -> Path:
+    return Path(runs_root) / protocol / task_name / config_dir_name(cfg, identity) / leaf
 
 
 def _clean(value: Any) -> Any:
@@ -90,6 +101,7 @@ def _record(
             "train_seconds": result.train_seconds,
             "created_at": datetime.now(UTC).isoformat(),
             "complete": True,
+            "lineage": lineage(task),
             **metrics,
         }
     )
@@ -126,6 +138,7 @@ def few_shot(
     seeds: Iterable[int] = SEEDS,
     force: bool = False,
     progress: bool = True,
+    identity: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Train and test each config at each (K, seed); `make_task(K, seed)` builds the Task."""
     cfgs, records = list(cfgs), []
@@ -134,7 +147,7 @@ def few_shot(
             seeded = [c.model_copy(update={"seed": seed}) for c in cfgs]
 
             def folder(c: TrainConfig, k: int = k, seed: int = seed) -> Path:
-                return run_dir(Path(runs_root), "few-shot", task_name, c, f"k{k}-s{seed}")
+                return run_dir(Path(runs_root), "few-shot", task_name, c, f"k{k}-s{seed}", identity)
 
             done, todo = _pending(seeded, folder, force)
             records += done
@@ -160,6 +173,7 @@ def base_to_new(
     seeds: Iterable[int] = SEEDS,
     force: bool = False,
     progress: bool = True,
+    identity: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """CoCoOp: train on the base classes (first ceil(C/2) labels); test on base and on new, each
     among its own classes; H = 2BN/(B+N). `make_task(seed)` builds the full K-shot Task."""
@@ -168,7 +182,9 @@ def base_to_new(
         seeded = [c.model_copy(update={"seed": seed}) for c in cfgs]
 
         def folder(c: TrainConfig, seed: int = seed) -> Path:
-            return run_dir(Path(runs_root), "base-to-new", task_name, c, f"k{shots}-s{seed}")
+            return run_dir(
+                Path(runs_root), "base-to-new", task_name, c, f"k{shots}-s{seed}", identity
+            )
 
         done, todo = _pending(seeded, folder, force)
         records += done
@@ -211,6 +227,7 @@ def transfer(
     seeds: Iterable[int] = SEEDS,
     force: bool = False,
     progress: bool = True,
+    identity: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Cross-dataset and domain generalisation: train on the source Task, then test on each
     target's test images among the target's own classes (`protocol` names which)."""
@@ -219,7 +236,7 @@ def transfer(
         seeded = [c.model_copy(update={"seed": seed}) for c in cfgs]
 
         def folder(c: TrainConfig, seed: int = seed) -> Path:
-            return run_dir(Path(runs_root), protocol, source_name, c, f"k{shots}-s{seed}")
+            return run_dir(Path(runs_root), protocol, source_name, c, f"k{shots}-s{seed}", identity)
 
         done, todo = _pending(seeded, folder, force)
         records += done

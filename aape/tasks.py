@@ -24,8 +24,10 @@ from aape.features import ExtractReport, extract_records, load_features
 from aape.fewshot import FewShotManifest, fewshot_manifest, write_manifest
 from prompt_banks.clip import CLIPRef, LoadedCLIP, load_clip
 from prompt_banks.embed import encode_texts, template_text
+from prompt_banks.errors import UserError
 from prompt_banks.paths import banks_dir
-from prompt_banks.queries import bank_tensor
+from prompt_banks.schema import stable_hash
+from prompt_banks.snapshots import Snapshot, pinned_bank
 from prompt_banks.store import BankStore
 
 log = logging.getLogger(__name__)
@@ -48,13 +50,19 @@ def class_texts(
     *,
     bank_domain: str | None,
     home: str | os.PathLike[str] | None,
-) -> ClassTexts:
-    """Template embeddings of `classnames`, and their bank when `bank_domain` is given."""
+    bank_snapshot: str | None = None,
+) -> tuple[ClassTexts, Snapshot | None]:
+    """Template embeddings of `classnames`, and their bank when `bank_domain` is given, read
+    from one snapshot (`bank_snapshot`, else the current one): the texts and that snapshot."""
     templates = encode_texts(clip, [template_text(c) for c in classnames]).embeddings
     if bank_domain is None:
-        return ClassTexts(names=list(classnames), templates=templates)
-    bank, mask = bank_tensor(BankStore(banks_dir(home)), bank_domain, classnames, clip.model_id)
-    return ClassTexts(names=list(classnames), templates=templates, bank=bank, bank_mask=mask)
+        if bank_snapshot is not None:
+            raise UserError("--bank-snapshot: pins a bank; pass --bank-domain too")
+        return ClassTexts(names=list(classnames), templates=templates), None
+    store = BankStore(banks_dir(home))
+    bank, mask, snap = pinned_bank(store, bank_domain, classnames, clip.model_id, bank_snapshot)
+    texts = ClassTexts(names=list(classnames), templates=templates, bank=bank, bank_mask=mask)
+    return texts, snap
 
 
 def _empty(dim: int) -> FeatureSet:
@@ -124,13 +132,16 @@ def prepare_task(
     data_root: str | None = None,
     n_views: int | None = None,
     progress: bool = True,
+    bank_snapshot: str | None = None,
 ) -> PreparedTask:
     """`load_task` with its extraction report and manifest (see the module doc)."""
     loaded = clip if isinstance(clip, LoadedCLIP) else load_clip(clip)
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, data_root)
     views = DEFAULT_VIEWS if n_views is None else n_views
     # Texts first: a missing bank is refused before minutes of image encoding.
-    texts = class_texts(loaded, ds.classnames, bank_domain=bank_domain, home=home)
+    texts, snap = class_texts(
+        loaded, ds.classnames, bank_domain=bank_domain, home=home, bank_snapshot=bank_snapshot
+    )
     train = ds.splits.get("train", [])
     manifest, manifest_file = None, None
     if shots is not None and train:
@@ -163,6 +174,12 @@ def prepare_task(
         test=features("test", split_ids("test")) if "test" in ds.splits else _empty(loaded.dim),
         val=features("val", split_ids("val")) if "val" in ds.splits else None,
         model_id=loaded.model_id,
+        provenance={
+            "bank": None if snap is None else snap.lineage(),
+            "fewshot_manifest": None
+            if manifest is None
+            else {"path": str(manifest_file), "fingerprint": stable_hash(manifest.to_json())},
+        },
     )
     return PreparedTask(
         task=task, extraction=report, manifest=manifest, manifest_path=manifest_file
@@ -179,10 +196,11 @@ def load_task(
     seed: int,
     data_root: str | None = None,
     n_views: int | None = None,
+    bank_snapshot: str | None = None,
 ) -> Task:
     """A few-shot task on `dataset`: `shots` images per class drawn by `seed` (None = the whole
     train split), each with the centre crop and `n_views` augmented views (default 16)."""
     return prepare_task(
         dataset=dataset, home=home, clip=clip, bank_domain=bank_domain, shots=shots, seed=seed,
-        data_root=data_root, n_views=n_views,
+        data_root=data_root, n_views=n_views, bank_snapshot=bank_snapshot,
     ).task  # fmt: skip

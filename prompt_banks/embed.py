@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from prompt_banks import snapshots
 from prompt_banks.clip import LoadedCLIP
 from prompt_banks.errors import UserError
 from prompt_banks.schema import text_hash
@@ -284,6 +285,7 @@ def embed_domain(
             )
             truncated += sum(r["truncated"] for r in rows)
             store.append_embeddings(rows)
+    snapshots.take(store, domain, clip.model_id)  # the bank as training will read it
     return EmbedReport(
         domain=domain,
         model_id=clip.model_id,

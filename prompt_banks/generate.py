@@ -26,6 +26,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from prompt_banks import snapshots
 from prompt_banks.backends.base import (
     CompletionRequest,
     FatalLLMError,
@@ -425,4 +426,6 @@ def generate_bank(
         pool.shutdown(wait=False, cancel_futures=True)
         bar.close()
         report.seconds = time.monotonic() - start
+    if report.rows_written:
+        snapshots.take(store, spec.domain)  # the domain's new state, for `aape bank history`
     return report

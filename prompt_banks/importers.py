@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prompt_banks import schema
+from prompt_banks import schema, snapshots
 from prompt_banks.atomic import write_json_atomic
 from prompt_banks.errors import UserError
 from prompt_banks.store import BankStore, utc_now
@@ -403,6 +403,8 @@ def import_file(
         names, None if source.template_classes else classes
     )
     written = store.append_descriptions(rows)
+    if written:
+        snapshots.take(store, domain)  # the domain's new state, for `aape bank history`
     return ImportReport(
         path=str(path),
         domain=domain,

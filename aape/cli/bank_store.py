@@ -1,4 +1,4 @@
-"""CLI: the prompt-bank store: `aape bank import|embed|stats|query|export`."""
+"""CLI: the prompt-bank store: `aape bank import|embed|stats|query|export|history|diff|compact`."""
 
 from __future__ import annotations
 
@@ -127,6 +127,79 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _history(args: argparse.Namespace) -> int:
+    from prompt_banks.queries import list_domains
+    from prompt_banks.snapshots import history
+
+    store = _store(args)
+    entries = history(store, args.domain)
+    if not entries and args.domain not in list_domains(store):
+        raise UserError(
+            f"--domain: '{args.domain}' is not in the store {store.root}; see `aape bank stats`"
+        )
+    if args.json:
+        _print_json(entries)
+        return 0
+    if not entries:
+        print(f"domain '{args.domain}': no snapshot recorded yet (one is at each write or read)")
+    for e in entries:
+        ids = "  ".join(f"{k}={v}" for k, v in e["snapshots"].items())
+        print(
+            f"{e['first_recorded']}  {e['rows']} rows ({e['rows_added']:+d}), "
+            f"{e['classes']} classes ({e['classes_added']:+d})  {ids}"
+        )
+        for g in e["added_by"]:
+            who = g["llm_model"] or g["source"]
+            params = f" {g['llm_params']}" if g["llm_params"] else ""
+            print(f"    {g['rows']:+d} rows by {who}{params}")
+    return 0
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from prompt_banks.snapshots import diff
+
+    d = diff(_store(args), args.domain, args.a, args.b)
+    if args.json:
+        _print_json(d)
+        return 0
+    print(
+        f"{d['a']} -> {d['b']} (domain '{d['domain']}'): {d['rows_added']} rows added, "
+        f"{d['rows_removed']} removed, in {d['classes_with_rows_added']} classes"
+    )
+    print(f"classes added ({len(d['classes_added'])}): {', '.join(d['classes_added']) or '-'}")
+    print(
+        f"classes removed ({len(d['classes_removed'])}): {', '.join(d['classes_removed']) or '-'}"
+    )
+    for g in d["rows_added_by"]:
+        params = f" {g['llm_params']}" if g["llm_params"] else ""
+        print(f"    {g['rows']:+d} rows by {g['llm_model'] or g['source']}{params}")
+    return 0
+
+
+def _compact(args: argparse.Namespace) -> int:
+    from prompt_banks.compaction import compact_store
+
+    if args.grace < 0:
+        raise UserError(f"--grace: {args.grace} must be 0 or more seconds")
+    reports = [] if args.features_only else compact_store(_store(args), grace_s=args.grace)
+    if args.features or args.features_only:
+        from aape.cache_compaction import compact_features
+
+        reports += compact_features(args.home, grace_s=args.grace)
+    if args.json:
+        _print_json([r.to_dict() for r in reports])
+        return 0
+    for r in reports:
+        if r.files_before or r.deleted:
+            print(
+                f"{r.folder}: {r.files_before} -> {r.files_after} live parts ({r.merged} merged, "
+                f"{r.rows} rows), {r.deleted} old files deleted, {r.pending} kept for the grace"
+            )
+    if not any(r.files_before or r.deleted for r in reports):
+        print("nothing to compact")
+    return 0
+
+
 def _positive(value: str) -> int:
     n = int(value)
     if n < 1:
@@ -245,3 +318,58 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out", help="output JSON path")
     add_home(p)
     p.set_defaults(func=_export)
+
+    p = command(
+        sub,
+        "history",
+        help="the snapshots of a domain over time: rows and classes added, by which LLM",
+        examples="""
+            aape bank history --domain pets
+            aape bank history --domain pets --json
+        """,
+    )
+    p.add_argument("--domain", required=True)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    add_home(p)
+    p.set_defaults(func=_history)
+
+    p = command(
+        sub,
+        "diff",
+        help="classes added or removed and rows added between two snapshots of a domain",
+        examples="""
+            aape bank diff --domain pets 3f2a91bc 91bc7d10
+            aape bank diff --domain pets 3f2a91bc7d10e4aa 91bc7d10e4aa3f2a --json
+        """,
+    )
+    p.add_argument("--domain", required=True)
+    p.add_argument("a", help="the older snapshot id (or a unique prefix of 6+ characters)")
+    p.add_argument("b", help="the newer snapshot id")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    add_home(p)
+    p.set_defaults(func=_diff)
+
+    p = command(
+        sub,
+        "compact",
+        help="merge the store's small part files into large ones (safe beside readers/writers)",
+        examples="""
+            aape bank compact
+            aape bank compact --features          # the image-feature cache too
+            aape bank compact --features-only --grace 0 --json
+        """,
+    )
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=900.0,
+        metavar="SECONDS",
+        help="keep merged parts this long before deleting them, for readers that listed the "
+        "store before the merge (default 900; 0 deletes at once)",
+    )
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--features", action="store_true", help="also the image-feature cache")
+    what.add_argument("--features-only", action="store_true", help="only the feature cache")
+    p.add_argument("--json", action="store_true", help="print the reports as JSON")
+    add_home(p)
+    p.set_defaults(func=_compact)

@@ -23,6 +23,11 @@ def _add_task_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--dataset", help="registered dataset name (see `aape features --help`)")
     src.add_argument("--features-dir", help="bring-your-own-features folder (instead of --dataset)")
     src.add_argument("--bank-domain", help="prompt-bank domain in the store for the classes")
+    src.add_argument(
+        "--bank-snapshot",
+        metavar="ID",
+        help="read the bank as of this snapshot (`aape bank history`), not as it is now",
+    )
     src.add_argument("--data-root", help="where the dataset's files are (default: its registry)")
     src.add_argument("--seed", type=int, default=1, help="few-shot sampling and training seed")
     add_home(p)
@@ -55,6 +60,7 @@ def _task_factory(args: argparse.Namespace) -> tuple[str, Callable[[int, int], T
                 bank_domain=args.bank_domain,
                 shots=shots,
                 seed=seed,
+                bank_snapshot=args.bank_snapshot,
             )
 
         return Path(args.features_dir).name, make_byof
@@ -73,9 +79,20 @@ def _task_factory(args: argparse.Namespace) -> tuple[str, Callable[[int, int], T
             shots=shots,
             seed=seed,
             data_root=args.data_root,
+            bank_snapshot=args.bank_snapshot,
         )
 
     return args.dataset, make
+
+
+def _bank_identity(args: argparse.Namespace) -> dict[str, str] | None:
+    """The bank's part of the run identity (None without --bank-domain)."""
+    if not args.bank_domain:
+        return None
+    from prompt_banks.snapshots import bank_identity
+    from prompt_banks.store import BankStore
+
+    return bank_identity(BankStore(banks_dir(args.home)), args.bank_domain, args.bank_snapshot)
 
 
 def _config(args: argparse.Namespace) -> TrainConfig:
@@ -90,16 +107,20 @@ def _print_metrics(name: str, metrics: dict) -> None:
 
 def handle_train(args: argparse.Namespace) -> int:
     from aape.evaluate import evaluate
+    from aape.lineage import lineage
     from aape.protocols import write_json_atomic
     from aape.train import train
 
     cfg = _config(args).model_copy(update={"seed": args.seed})
     name, make = _task_factory(args)
     task = make(args.shots, args.seed)
+    pinned = f"-bank-{args.bank_snapshot}" if args.bank_snapshot else ""
     out = (
         Path(args.out)
         if args.out
-        else runs_dir(args.home) / "train" / f"{name}-{cfg.tag()}-k{args.shots}-s{args.seed}"
+        else runs_dir(args.home)
+        / "train"
+        / f"{name}-{cfg.tag()}-k{args.shots}-s{args.seed}{pinned}"
     )
     if args.force and (out / "checkpoint.pt").exists():
         (out / "checkpoint.pt").unlink()
@@ -119,6 +140,7 @@ def handle_train(args: argparse.Namespace) -> int:
         "clip": None
         if args.features_dir
         else {"model": args.clip_model, "pretrained": args.pretrained},
+        "lineage": lineage(task),
         **metrics,
     }
     write_json_atomic(record, out / "metrics.json")
@@ -176,7 +198,9 @@ def handle_eval(args: argparse.Namespace) -> int:
     name, make = _task_factory(args)
     root = Path(args.out) if args.out else runs_dir(args.home)
     seeds = list(args.seeds)
-    common = dict(seeds=seeds, force=args.force, progress=not args.quiet)
+    common = dict(
+        seeds=seeds, force=args.force, progress=not args.quiet, identity=_bank_identity(args)
+    )
     if args.protocol == "few-shot":
         records = protocols.few_shot(make, name, cfgs, root, shots=list(args.shots), **common)
     elif args.protocol == "base-to-new":
@@ -229,7 +253,7 @@ def handle_export(args: argparse.Namespace) -> int:
     elif saved.get("clip"):  # how `aape train` loaded CLIP, so `aape predict` can do the same
         ref = CLIPRef(saved["clip"]["model"], saved["clip"].get("pretrained"))
     out = Path(args.out) if args.out else artifacts_dir(args.home) / Path(args.run).name
-    path = export_artifact(result, out, clip_ref=ref, metrics=metrics)
+    path = export_artifact(result, out, clip_ref=ref, metrics=metrics, lineage=saved.get("lineage"))
     size = sum(f.stat().st_size for f in path.iterdir())
     print(f"artifact: {path} ({size / 1024:.0f} KB, classes: {len(result.class_names)})")
     return 0
@@ -278,6 +302,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         aape train --dataset textile-defects --bank-domain textile --shots 4
         aape train --features-dir my-features --set recipe=adamw --set lambda_distill=0
         aape train --dataset animal-mnist --bank-domain animals --set method=linear_probe
+        aape train --dataset textile-defects --bank-domain textile --bank-snapshot 3f2a91bc7d10e4aa
         """,
     )
     _add_task_args(p)
