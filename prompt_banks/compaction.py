@@ -12,8 +12,8 @@ One run over a folder:
 
 A kill -9 at any point leaves a state readers see whole: before step 3 the inputs are live and
 the temp file is hidden; after it the merged part is live and every input is excluded, deleted
-or not. A lock file per folder keeps two compactions from merging the same parts (a lock older
-than `LOCK_LEASE_S` is taken over: its holder was killed).
+or not. A lock file per folder keeps two compactions from merging the same parts (a lock whose
+process is gone, or older than `LOCK_LEASE_S`, is taken over: its holder was killed).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -88,15 +89,15 @@ def _merged_name() -> str:
 def _lock(folder: Path | str) -> Iterator[None]:
     fs, path = folder_fs(folder)
     lock = f"{path}/{LOCK_NAME}"
-    stamp = json.dumps({"pid": os.getpid(), "at": time.time()}).encode()
+    stamp = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "at": time.time()})
     if fs is None:
         Path(path).mkdir(parents=True, exist_ok=True)
-        _take_local_lock(lock, stamp)
+        _take_local_lock(lock, stamp.encode())
     else:
         fs.makedirs(path, exist_ok=True)
         if fs.exists(lock) and time.time() - _lock_time(fs.cat_file(lock)) < LOCK_LEASE_S:
             raise _held(lock)
-        fs.pipe_file(lock, stamp)  # object stores have no exclusive create: best effort
+        fs.pipe_file(lock, stamp.encode())  # object stores have no exclusive create: best effort
     try:
         yield
     finally:
@@ -104,10 +105,21 @@ def _lock(folder: Path | str) -> Iterator[None]:
 
 
 def _lock_time(raw: bytes) -> float:
+    """When the lock was taken; 0 (stale) when unreadable or its holder is a dead process of
+    this host (killed: a lock outlives a kill -9)."""
     try:
-        return float(json.loads(raw)["at"])
+        held = json.loads(raw)
+        at = float(held["at"])
     except (ValueError, KeyError, TypeError):
-        return 0.0  # unreadable: a writer was killed mid-write, treat as stale
+        return 0.0  # a holder killed while writing it
+    if held.get("host") == socket.gethostname():
+        try:
+            os.kill(int(held["pid"]), 0)
+        except ProcessLookupError:
+            return 0.0
+        except (PermissionError, ValueError, TypeError):
+            pass  # alive under another user, or no pid: trust the time
+    return at
 
 
 def _held(lock: str) -> UserError:

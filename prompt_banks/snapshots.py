@@ -101,7 +101,8 @@ def _state(store: BankStore, domain: str, model_id: str | None) -> Snapshot:
         found = con.execute("SELECT 1 FROM descriptions WHERE domain = ? LIMIT 1", [domain])
         if not found.fetchall():
             raise UserError(
-                f"domain: '{domain}' is not in the store {store.root}; import or generate it first"
+                f"domain: '{domain}' has no prompts in the store {store.root}; "
+                "import or generate it"
             )
         desc_hash = _digest(con, _USABLE, "row_key", [domain])
         origins = {

@@ -272,15 +272,18 @@ class BankStore:
             )
 
     # -- writing --------------------------------------------------------------------------
-    def _publish(self, table: pa.Table, folder: Path | str) -> str:
+    def _writable(self) -> None:
         if self.pin is not None:
             raise UserError(f"store: snapshot {self.pin.id} is read-only; write to the store")
+
+    def _publish(self, table: pa.Table, folder: Path | str) -> str:
         return publish_part(table, folder, what="store")
 
     def append_descriptions(self, rows: Iterable[Mapping[str, Any]]) -> int:
         """Store description rows whose key is new (or whose stored row failed). Returns how many
         were written. Rows must carry every column of `schema.DESCRIPTIONS` except `created_at`,
         which is filled in."""
+        self._writable()
         now = utc_now()
         rows = list(rows)
         # A row key hashes its domain, so only the rows' own domains can hold it already.
@@ -310,6 +313,7 @@ class BankStore:
         """Store embedding rows for (text_hash, model_id) pairs not stored yet; returns how many
         were written. Refuses a model id whose stored dimension differs. Rows carry every column
         of `schema.EMBEDDINGS` except `created_at`; `embedding` may be a list or a NumPy array."""
+        self._writable()
         now = utc_now()
         rows = [{"created_at": now, **r} for r in rows]
         if not rows:
