@@ -65,6 +65,13 @@ class FeatureParams(_Params):
     batch_size: int = Field(64, ge=1)
 
 
+class CompactParams(_Params):
+    # Parts a merge replaced are deleted once this long has passed (readers that listed the store
+    # before the merge may still open them); the default matches `aape bank compact`.
+    grace_s: float = Field(900.0, ge=0)
+    features: bool = True  # the feature cache too
+
+
 class TrainParams(_Params):
     dataset: str
     domain: str  # the bank domain of the dataset's classes

@@ -34,7 +34,7 @@ def grow(store: BankStore, tag: str, n: int, model: str = "qwen-7b", classes: in
         r["row_key"] = f"{tag}-{r['row_key']}"
     store.append_descriptions(rows)
     store.append_embeddings(
-        [emb_row(f"{tag} text {i}", seed=hash(tag) % 1000 + i) for i in range(n)]
+        [emb_row(f"{tag} text {i}", seed=sum(map(ord, tag)) * 100 + i) for i in range(n)]
     )
 
 
