@@ -180,12 +180,17 @@ def measure(store, repeats: int, day: int) -> dict[str, float]:
     return figures
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def growth_args(doc: str) -> argparse.Namespace:
+    """The workload's size (this script's and `store_growth.py`'s): days, rows, repeats."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("--days", type=int, default=365)
     ap.add_argument("--rows", type=int, default=8000)
     ap.add_argument("--repeats", type=int, default=5)
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = growth_args(__doc__ or "")
     rng = np.random.default_rng(0)
     per_day = [args.rows // args.days + (d < args.rows % args.days) for d in range(args.days)]
     batches = [day_tables(d, n, rng) for d, n in enumerate(per_day)]

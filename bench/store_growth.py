@@ -19,14 +19,12 @@ Then both stores are compacted (`compact_store`, grace 0) and the same figures a
 
 from __future__ import annotations
 
-import argparse
-import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from store_engines import growth_args, timed  # the same workload size and timer
 from tqdm.auto import tqdm
 
 from prompt_banks import schema, snapshots
@@ -95,15 +93,6 @@ def files(store: BankStore) -> int:
     return sum(len(published(f)[0]) for f in folders)
 
 
-def timed(fn: Callable[[], object], repeats: int) -> float:
-    out = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
-    return statistics.median(out)
-
-
 def measure(stores: dict[str, BankStore], repeats: int, day: int) -> dict[str, dict[str, float]]:
     classes = [f"class {c}" for c in range(CLASSES)]
     figures: dict[str, dict[str, float]] = {}
@@ -122,11 +111,7 @@ def measure(stores: dict[str, BankStore], repeats: int, day: int) -> dict[str, d
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--days", type=int, default=365)
-    ap.add_argument("--rows", type=int, default=8000)
-    ap.add_argument("--repeats", type=int, default=5)
-    args = ap.parse_args()
+    args = growth_args(__doc__ or "")
     with tempfile.TemporaryDirectory() as tmp:
         stores = {
             "grown": build(Path(tmp, "grown"), args.days, args.rows, grown=True),

@@ -207,6 +207,18 @@ def _positive(value: str) -> int:
     return n
 
 
+def _domain_command(
+    sub: argparse._SubParsersAction, name: str, func: Any, *, help: str, examples: str
+) -> argparse.ArgumentParser:
+    """A subcommand about one domain, with --domain, --json and --home."""
+    p = command(sub, name, help=help, examples=examples)
+    p.add_argument("--domain", required=True)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    add_home(p)
+    p.set_defaults(func=func)
+    return p
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this area's subcommands to `sub`."""
     p = command(
@@ -266,19 +278,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_home(p)
     p.set_defaults(func=_embed)
 
-    p = command(
+    _domain_command(
         sub,
         "stats",
+        _stats,
         help="counts of a domain: classes, statuses, duplicates, failures, embeddings",
         examples="""
             aape bank stats --domain pets
             aape bank stats --domain pets --json
         """,
     )
-    p.add_argument("--domain", required=True)
-    p.add_argument("--json", action="store_true", help="print JSON")
-    add_home(p)
-    p.set_defaults(func=_stats)
 
     p = command(
         sub,
@@ -319,35 +328,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_home(p)
     p.set_defaults(func=_export)
 
-    p = command(
+    _domain_command(
         sub,
         "history",
+        _history,
         help="the snapshots of a domain over time: rows and classes added, by which LLM",
         examples="""
             aape bank history --domain pets
             aape bank history --domain pets --json
         """,
     )
-    p.add_argument("--domain", required=True)
-    p.add_argument("--json", action="store_true", help="print JSON")
-    add_home(p)
-    p.set_defaults(func=_history)
-
-    p = command(
+    p = _domain_command(
         sub,
         "diff",
+        _diff,
         help="classes added or removed and rows added between two snapshots of a domain",
         examples="""
             aape bank diff --domain pets 3f2a91bc 91bc7d10
             aape bank diff --domain pets 3f2a91bc7d10e4aa 91bc7d10e4aa3f2a --json
         """,
     )
-    p.add_argument("--domain", required=True)
     p.add_argument("a", help="the older snapshot id (or a unique prefix of 6+ characters)")
     p.add_argument("b", help="the newer snapshot id")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    add_home(p)
-    p.set_defaults(func=_diff)
 
     p = command(
         sub,
