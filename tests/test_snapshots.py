@@ -215,3 +215,33 @@ def test_cli_errors_are_one_line(capsys, home, tmp_path) -> None:
     assert code == 0 and json.loads(out)[0]["rows"] == 6
     code, _, err = _cli(capsys, "bank", "compact", "--grace", "-1", "--home", home)
     assert code == 2 and "error: --grace: -1.0 must be 0 or more seconds" in err
+
+
+@pytest.mark.slow
+def test_eval_reuses_runs_of_an_unchanged_bank_and_adds_runs_for_a_changed_one(
+    capsys, tmp_path, home
+) -> None:
+    data = image_folder(tmp_path / "data", CLASSES, {"train": 2, "val": 1, "test": 2})
+    common = ["--home", home]
+    clip = ["--clip-model", "aape-tiny"]
+
+    def bank(tag: str, n: int) -> None:
+        _cli(capsys, "bank", "import", _bank_file(tmp_path / f"{tag}.json", n, tag), "--domain",
+             "toy", *common)  # fmt: skip
+        _cli(capsys, "bank", "embed", "--domain", "toy", "--quiet", *clip, *common)
+
+    def evaluate() -> list[Path]:
+        argv = ["eval", "--dataset", "folder", "--data-root", data, "--bank-domain", "toy",
+                "--shots", "1", "--seeds", "1", "--baselines", "", "--set", "method=cupl",
+                "--quiet", *clip, *common]  # fmt: skip
+        assert _cli(capsys, *argv)[0] == 0
+        return sorted((home / "runs" / "few-shot").glob("*/*/k1-s1/result.json"))
+
+    bank("v1", 2)
+    (first,) = evaluate()
+    assert evaluate() == [first]  # the same bank: the run is reused, not trained again
+    bank("v2", 2)
+    runs = evaluate()
+    assert len(runs) == 2 and first in runs  # a new run beside the old
+    records = [json.loads(p.read_text()) for p in runs]
+    assert len({r["lineage"]["bank"]["snapshot"] for r in records}) == 2
