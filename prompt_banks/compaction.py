@@ -224,6 +224,11 @@ def _merge(
     return merged, origins, replaces
 
 
+def _log_stage(folder: Path | str, stage: str, detail: str) -> None:
+    level = logging.DEBUG if stage == "delete" else logging.INFO  # one line per file: debug
+    log.log(level, "compaction %s: %s %s", folder, stage, detail)
+
+
 def compact_folder(
     folder: Path | str,
     table_schema: pa.Schema,
@@ -238,7 +243,7 @@ def compact_folder(
     if grace_s < 0:
         raise UserError(f"--grace: {grace_s} must be 0 or more seconds")
     started = time.perf_counter()
-    stage = on_stage or (lambda s, d: log.info("compaction %s: %s %s", folder, s, d))
+    stage = on_stage or (lambda s, d: _log_stage(folder, s, d))
     report = CompactReport(folder=str(folder))
     if not published(folder)[0]:
         return report  # nothing stored here (yet): leave the folder as it is
