@@ -13,9 +13,9 @@ A snapshot is of one domain and, optionally, one CLIP model id: the domain's usa
   any number of appends and compactions. `resolve` re-derives the id from that read and refuses
   a snapshot whose parts no longer give it.
 
-Snapshots are recorded in the store's `snapshots/` table (one part per new snapshot, compacted
-like the others): by `bank import`, `bank generate` and `bank embed` after they write, and by
-every training read (`take`).
+Snapshots are recorded in the store's `snapshots/` table (one part per new snapshot, one row per
+table it reads, compacted like the others): by `bank import`, `bank generate` and `bank embed`
+after they write, and by every training read (`take`).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ SNAPSHOTS = pa.schema(
         pa.field("registered_at", pa.timestamp("us", tz="UTC"), nullable=False),
         pa.field("summary", pa.string(), nullable=False),  # JSON, see `Snapshot.summary`
         pa.field("table", pa.string(), nullable=False),  # descriptions | embeddings
-        pa.field("origin", pa.string(), nullable=False),  # a writer's part name
+        pa.field("origins", pa.string(), nullable=False),  # JSON list of the writers' part names
     ]
 )
 
@@ -178,7 +178,7 @@ def _snapshot_rows(store: BankStore, where: str, params: list[Any]) -> list[dict
             con.register_filesystem(store._fs)
         cursor = con.execute(
             f"SELECT DISTINCT * FROM read_parquet([{listed}]) WHERE {where} "
-            f'ORDER BY registered_at, snapshot_id, "table", origin',
+            f'ORDER BY registered_at, snapshot_id, "table"',
             params,
         )
         names = [d[0] for d in cursor.description]
@@ -192,7 +192,7 @@ def _grouped(rows: list[dict[str, Any]]) -> list[Snapshot]:
     by_id: dict[str, dict[str, Any]] = {}
     for r in rows:
         entry = by_id.setdefault(r["snapshot_id"], {"row": r, "origins": {}})
-        entry["origins"].setdefault(r["table"], set()).add(r["origin"])
+        entry["origins"].setdefault(r["table"], set()).update(json.loads(r["origins"]))
     return [
         Snapshot(
             id=sid,
@@ -222,10 +222,9 @@ def register(store: BankStore, snapshot: Snapshot) -> Snapshot:
             "registered_at": now,
             "summary": json.dumps(snapshot.summary, sort_keys=True),
             "table": table,
-            "origin": origin,
+            "origins": json.dumps(sorted(origins)),
         }
         for table, origins in sorted(snapshot.origins.items())
-        for origin in origins
     ]
     publish_part(pa.Table.from_pylist(rows, schema=SNAPSHOTS), store.snapshots_dir, what="store")
     return Snapshot(**{**snapshot.__dict__, "registered_at": now})
