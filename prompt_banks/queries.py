@@ -94,20 +94,30 @@ def _stored_dim(store: BankStore, model_id: str) -> int:
     return dim
 
 
+def shared_bank_names(classes: Sequence[str]) -> dict[str, list[int]]:
+    """Bank class names that several of `classes` bear (canonical name -> their positions).
+
+    The bank is keyed by canonical name, so those classes get the same prompts: ImageNet's two
+    "missile" and two "sunglasses" classes in CLIP's names (CuPL's file has 998 keys for 1000
+    classes), or "Cardigan" (the corgi) and "cardigan" (the sweater) in WordNet's."""
+    positions: dict[str, list[int]] = defaultdict(list)
+    for i, c in enumerate(classes):
+        positions[canonical_class_name(c)].append(i)
+    return {n: ps for n, ps in positions.items() if len(ps) > 1}
+
+
 def bank_tensor(
     store: BankStore, domain: str, classes: Sequence[str], model_id: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The prompt bank of `classes` (in that order) for one CLIP model, as training consumes it:
     `emb` [C, n_max, d] float32 (zero where padded) and `mask` [C, n_max] bool.
 
-    Raises a UserError naming the classes without prompts, or when some prompts of the classes
-    are not embedded for `model_id` yet."""
+    Classes are positions, so a name may come twice: each class that bears a bank name gets that
+    name's prompts (see `shared_bank_names`). Raises a UserError naming the classes without
+    prompts, or when some prompts of the classes are not embedded for `model_id` yet."""
     names = [canonical_class_name(c) for c in classes]
     if not names:
         raise UserError("classes: empty list; pass at least one class")
-    repeated = sorted(n for n, k in Counter(names).items() if k > 1)
-    if repeated:
-        raise UserError(f"classes: {repeated} given twice (after canonicalisation); pass each once")
     dim = _stored_dim(store, model_id)
     with store.connect() as con:
         table = con.sql(
@@ -120,10 +130,10 @@ def bank_tensor(
             f"SELECT u.class_name, e.embedding FROM u LEFT JOIN "
             f"(SELECT text_hash, embedding FROM embeddings WHERE model_id = ?) e USING (text_hash) "
             f"ORDER BY u.class_name, u.pos",
-            params=[domain, names, model_id],
+            params=[domain, sorted(set(names)), model_id],
         ).to_arrow_table()
     found = table.column("class_name").to_pylist()
-    without = [n for n in names if n not in set(found)]
+    without = list(dict.fromkeys(n for n in names if n not in set(found)))
     if without:
         shown = ", ".join(repr(n) for n in without[:10]) + (" ..." if len(without) > 10 else "")
         raise UserError(

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aape.cli.common import add_clip, add_home, command, int_list
+from aape.cli.features import add_image_checks
 from aape.config import TrainConfig, load_config
+from aape.fewshot import SHOTS_POLICIES
 from prompt_banks.errors import UserError
 from prompt_banks.paths import artifacts_dir, banks_dir, runs_dir
 
@@ -25,6 +27,14 @@ def _add_task_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--bank-domain", help="prompt-bank domain in the store for the classes")
     src.add_argument("--data-root", help="where the dataset's files are (default: its registry)")
     src.add_argument("--seed", type=int, default=1, help="few-shot sampling and training seed")
+    add_image_checks(src)
+    src.add_argument(
+        "--shots-policy",
+        choices=SHOTS_POLICIES,
+        default="error",
+        help="a class with fewer training images than --shots: error (default) or train it on "
+        "all it has (all-available; the run records it and the report marks it)",
+    )
     add_home(p)
     add_clip(p)
     cfg = p.add_argument_group("training config")
@@ -73,6 +83,8 @@ def _task_factory(args: argparse.Namespace) -> tuple[str, Callable[[int, int], T
             shots=shots,
             seed=seed,
             data_root=args.data_root,
+            max_missing=args.max_missing,
+            shots_policy=args.shots_policy,
         )
 
     return args.dataset, make
@@ -116,6 +128,7 @@ def handle_train(args: argparse.Namespace) -> int:
         "train_seconds": result.train_seconds,
         "class_names": task.texts.names,
         "complete": result.complete,
+        "data": task.provenance,
         "clip": None
         if args.features_dir
         else {"model": args.clip_model, "pretrained": args.pretrained},
@@ -160,6 +173,8 @@ def _target_factories(args: argparse.Namespace, cfg: TrainConfig) -> dict[str, C
             shots=1,
             seed=0,
             data_root=args.data_root,  # CoOp layout: one root for all datasets
+            max_missing=args.max_missing,
+            shots_policy="all-available",  # its train split is never used
         )
 
     return {t: factory(t, domains[i] if domains else None) for i, t in enumerate(names)}
