@@ -120,10 +120,11 @@ def require_shots(
     if len(fewest) > SHOWN_CLASSES:
         shown += f" and {len(fewest) - SHOWN_CLASSES} more"
     fewer = f"pass --shots {fewest[0][1]} or fewer, or " if fewest[0][1] >= 1 else ""
+    classes = f"{len(short)} class has" if len(short) == 1 else f"{len(short)} classes have"
     raise UserError(
-        f"shots: {shots} training images per class asked, but {len(short)} classes of "
-        f"{dataset} have fewer ({shown}); {fewer}pass --shots-policy all-available to train "
-        "them on the images they have (the run records it)"
+        f"shots: {shots} training images per class asked, but {classes} fewer in {dataset} "
+        f"({shown}); {fewer}pass --shots-policy all-available to train on the images they have "
+        "(the run records it)"
     )
 
 

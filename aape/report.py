@@ -126,7 +126,7 @@ def markdown(rows: list[dict[str, Any]], plots: list[Path] | None = None) -> str
         for r in (r for r in rows if r["protocol"] == protocol):
             shots = str(r["shots"])
             if r.get("short_classes"):
-                shots += f" (all-available: {r['short_classes']} classes have fewer)"
+                shots += f" (all-available, {r['short_classes']} short)"
             cells = [r["task"], r["method"], shots, str(r["seeds"])]
             cells += [_fmt(r.get(f"{m}_mean"), r.get(f"{m}_std")) for m in metrics]
             cells += [_fmt(r.get("teacher_acc")), _fmt(r.get("student_acc"))]
