@@ -65,6 +65,7 @@ def _task_factory(args: argparse.Namespace) -> tuple[str, Callable[[int, int], T
                 bank_domain=args.bank_domain,
                 shots=shots,
                 seed=seed,
+                shots_policy=args.shots_policy,
             )
 
         return Path(args.features_dir).name, make_byof
