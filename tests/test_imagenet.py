@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 from fake_images import write_image
 from imagenet_layouts import (
     CLASSES,
@@ -16,7 +18,13 @@ from imagenet_layouts import (
 )
 
 from aape.datasets import load_dataset
+from aape.tasks import class_texts, shared_prompts
+from prompt_banks.embed import embed_domain, encode_texts, template_text
 from prompt_banks.errors import UserError
+from prompt_banks.importers import import_file
+from prompt_banks.paths import banks_dir
+from prompt_banks.store import BankStore
+from prompt_banks.text import canonical_class_name
 
 
 def repeated(lines: list[tuple[str, str]]) -> dict[str, list[str]]:
@@ -109,3 +117,30 @@ def test_layout_mistakes_are_named(tmp_path: Path) -> None:
     write_image(v2 / "imagenetv2-matched-frequency-format-val" / "7" / "x.jpeg", 3)
     with pytest.raises(UserError, match=r"folders \['7'\] that are not class indices 0..1"):
         load_dataset("imagenet-v2", tmp_path)
+
+
+def test_templates_show_the_name_and_a_shared_bank_name_reaches_each_class(
+    tmp_path: Path, home: Path, tiny_clip, caplog
+) -> None:
+    ds = load_dataset("imagenet", write_layout(tmp_path, wordnet_classnames(), train=1))
+    bank = {
+        canonical_class_name(n): [f"A photo showing a {n}.", f"It is a {n}."] for n in ds.classnames
+    }
+    (tmp_path / "bank.json").write_text(json.dumps(bank))
+    store = BankStore(banks_dir(home))
+    import_file(store, tmp_path / "bank.json", domain="wn")
+    embed_domain(store, "wn", tiny_clip, progress=False)
+    texts = class_texts(tiny_clip, ds.classnames, bank_domain="wn", home=home)
+    want = encode_texts(tiny_clip, [template_text(n) for n in ds.classnames]).embeddings
+    assert torch.allclose(texts.templates, want)
+    corgi, sweater = ds.class_keys.index("n02113186"), ds.class_keys.index("n02963159")
+    assert template_text(ds.classnames[corgi]) == "a photo of a Cardigan."
+    assert not torch.allclose(texts.templates[corgi], texts.templates[sweater])
+    assert texts.bank is not None and texts.bank_mask is not None
+    assert torch.equal(texts.bank[corgi], texts.bank[sweater]) and texts.bank_mask[corgi].sum() == 2
+    assert shared_prompts(ds) == {
+        "cardigan": ["n02113186", "n02963159"],
+        "crane": ["n02012849", "n03126707"],
+        "maillot": ["n03710637", "n03710721"],
+    }
+    assert "bank: 3 names are shared by 6 classes of imagenet" in caplog.text

@@ -294,6 +294,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         aape train --dataset textile-defects --bank-domain textile --shots 4
         aape train --features-dir my-features --set recipe=adamw --set lambda_distill=0
         aape train --dataset animal-mnist --bank-domain animals --set method=linear_probe
+        aape train --dataset dtd --data-root ~/data --shots 16 --max-missing 5 \\
+            --shots-policy all-available   # a few files lost, some classes under 16 images
         """,
     )
     _add_task_args(p)
