@@ -116,8 +116,10 @@ def extract_usable(
             progress=progress,
         )
         _add(total, report)
-        by_path = {where(r): key_of(r) for r in records}
-        unreadable = {by_path[p]: p for p in report.unreadable if p in by_path}
+        by_path: dict[str, list[Key]] = {}
+        for r in records:  # one file may back records of two splits
+            by_path.setdefault(where(r), []).append(key_of(r))
+        unreadable = {k: p for p in report.unreadable for k in by_path.get(p, [])}
         if not unreadable:
             use.used = dict(Counter(r.split for r in records))
             return records, total, use
