@@ -8,6 +8,7 @@ the run saves (atomically) and resumes exactly where it stopped.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import time
@@ -137,8 +138,12 @@ def health_metrics(
 
 def _save_atomic(obj: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Serialise in memory first: torch.save reports a failed file write (a full disk) as a
+    # RuntimeError with no errno, while a plain write raises the OSError that says what happened.
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def _check_task(task: Task, cfg: TrainConfig) -> None:

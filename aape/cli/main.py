@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from aape.cli import bank_generate, bank_store, features, pipeline, simulate, train
-from prompt_banks.errors import UserError
+from prompt_banks.errors import UserError, os_error_line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # the environment (disk full, read-only or missing folder)
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
+        return UserError.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -91,6 +91,7 @@ def handle_study(args: argparse.Namespace) -> int:
     cmd = STUDY_COMMAND if Path(args.out) == Path("docs/study") else f"aape study --out {args.out}"
     if args.home:
         os.environ["AAPE_HOME"] = args.home  # the runs cache and the worker processes follow it
+    Path(args.out).mkdir(parents=True, exist_ok=True)  # unwritable: fail now, not after the runs
     report = run_study(
         args.out,
         quick=args.quick,
