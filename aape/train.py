@@ -12,7 +12,7 @@ import io
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from aape.bank_quality import prune_bank
 from aape.baselines import Classifier, LinearProbe, TextClassifier, train_linear_probe
 from aape.config import TrainConfig
 from aape.data import ClassTexts, FeatureSet, Task
@@ -180,6 +181,8 @@ def train(
     early after that many epochs (the checkpoint then resumes the same run)."""
     _check_task(task, cfg)
     cfg = cfg.resolve(shots_of(task.train), task.name)
+    if cfg.prune_margin is not None and task.texts.bank is not None:
+        task = replace(task, texts=prune_bank(task.texts, task.train, cfg.prune_margin))
     device = resolve_device(cfg.device)
     bank_means = task.texts.bank_mean() if task.texts.bank is not None else None
     base = dict(class_names=list(task.texts.names), model_id=task.model_id, dim=task.texts.dim)

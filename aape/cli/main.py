@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from aape.cli import bank_generate, bank_store, features, pipeline, simulate, train
+from aape.cli import bank_generate, bank_quality, bank_store, features, pipeline, simulate, train
 from prompt_banks.errors import UserError, os_error_line
 
 
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     bank_sub = bank.add_subparsers(dest="bank_command", required=True, metavar="BANK_COMMAND")
     bank_store.register(bank_sub)
     bank_generate.register(bank_sub)
+    bank_quality.register(bank_sub)
     features.register(sub)
     train.register(sub)
     simulate.register(sub)
