@@ -218,3 +218,33 @@ def near_duplicates(texts: ClassTexts, threshold: float = NEAR_DUPLICATE_COSINE)
         sims = torch.triu(p @ p.T, diagonal=1)
         out.append(int((sims >= threshold).any(0).sum()))
     return out
+
+
+def with_bank_of(texts: ClassTexts, source: ClassTexts) -> ClassTexts:
+    """`texts` whose classes that `source` also names take `source`'s bank rows (a pruned bank);
+    the others keep theirs."""
+    if texts.bank is None or texts.bank_mask is None or source.bank is None:
+        return texts
+    index = {n: i for i, n in enumerate(source.names)}
+    rows = [
+        (source.bank[index[n]], source.bank_mask[index[n]]) if n in index else (b, m)
+        for n, b, m in zip(texts.names, texts.bank, texts.bank_mask, strict=True)
+    ]
+    n_max = max(len(m) for _, m in rows)
+    bank = torch.zeros(len(rows), n_max, texts.bank.shape[-1], dtype=texts.bank.dtype)
+    mask = torch.zeros(len(rows), n_max, dtype=torch.bool)
+    for i, (b, m) in enumerate(rows):
+        bank[i, : len(m)], mask[i, : len(m)] = b, m
+    return ClassTexts(names=texts.names, templates=texts.templates, bank=bank, bank_mask=mask)
+
+
+class PrunedClassifier:
+    """A classifier trained on a pruned bank scores its training classes with that bank, and
+    classes it has no shots of (new classes) with their bank as given."""
+
+    def __init__(self, inner: Any, pruned: ClassTexts) -> None:
+        self.inner = inner
+        self.pruned = pruned
+
+    def logits(self, x: torch.Tensor, texts: ClassTexts) -> torch.Tensor:
+        return self.inner.logits(x, with_bank_of(texts, self.pruned))

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from aape.bank_quality import prune_bank
+from aape.bank_quality import PrunedClassifier, prune_bank
 from aape.baselines import Classifier, LinearProbe, TextClassifier, train_linear_probe
 from aape.config import TrainConfig
 from aape.data import ClassTexts, FeatureSet, Task
@@ -167,7 +167,19 @@ def _check_task(task: Task, cfg: TrainConfig) -> None:
             )
 
 
-def train(
+def train(task: Task, cfg: TrainConfig, **options: Any) -> TrainResult:
+    """Train `cfg.method` on `task` (`options`: those of `_train`). With `cfg.prune_margin`, on
+    the bank pruned by the descriptions' margins on the training shots; the classifier then
+    scores its training classes with that bank."""
+    if cfg.prune_margin is None or task.texts.bank is None:
+        return _train(task, cfg, **options)
+    pruned = prune_bank(task.texts, task.train, cfg.prune_margin)
+    result = _train(replace(task, texts=pruned), cfg, **options)
+    result.classifier = PrunedClassifier(result.classifier, pruned)
+    return result
+
+
+def _train(
     task: Task,
     cfg: TrainConfig,
     *,
@@ -181,8 +193,6 @@ def train(
     early after that many epochs (the checkpoint then resumes the same run)."""
     _check_task(task, cfg)
     cfg = cfg.resolve(shots_of(task.train), task.name)
-    if cfg.prune_margin is not None and task.texts.bank is not None:
-        task = replace(task, texts=prune_bank(task.texts, task.train, cfg.prune_margin))
     device = resolve_device(cfg.device)
     bank_means = task.texts.bank_mean() if task.texts.bank is not None else None
     base = dict(class_names=list(task.texts.names), model_id=task.model_id, dim=task.texts.dim)

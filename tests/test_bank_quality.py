@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_train_real_images import ANIMALS
 
 from aape.bank_quality import (
     auc,
@@ -141,7 +142,7 @@ def test_compare_needs_two_banks(capsys) -> None:
     assert capsys.readouterr().err.startswith("error: banks: compare needs two or more")
 
 
-def test_pruned_training_records_its_switch(tmp_path: Path) -> None:
+def test_pruned_training_scores_with_the_pruned_bank() -> None:
     from aape.config import TrainConfig
     from aape.train import train
 
@@ -149,5 +150,56 @@ def test_pruned_training_records_its_switch(tmp_path: Path) -> None:
     cfg = TrainConfig(method="cupl", prune_margin=0.0)
     result = train(task, cfg)
     assert cfg.tag() == "cupl-prune0"
-    # CuPL's class means come from the pruned bank: class 0 keeps only its own axis.
+    # Class 0 keeps only its own axis: its CuPL mean is e0, not the mean of e0 and e1.
     assert torch.allclose(result.bank_means[0], torch.eye(4)[0])
+    x = torch.eye(4)[:1]
+    pruned = result.classifier.logits(x, task.texts)
+    plain = train(task, TrainConfig(method="cupl")).classifier.logits(x, task.texts)
+    assert pruned[0, 0] == pytest.approx(100.0) and plain[0, 0] == pytest.approx(100 / 2**0.5)
+
+
+def test_teacher_attention_is_read_from_a_run(tmp_path: Path) -> None:
+    from aape.bank_report import teacher_attention
+    from aape.config import TrainConfig
+    from aape.simulation import small_config
+    from aape.train import train
+    from prompt_banks.errors import UserError
+
+    task = select_shots(simulate(small_config(), seed=0).task, 4, 1)
+    train(task, TrainConfig(epochs=2), checkpoint_dir=tmp_path / "run", progress=False)
+    att = teacher_attention(tmp_path / "run", task, show=2)
+    assert len(att["per_class"]) == len(task.texts.names)
+    for row in att["per_class"]:
+        assert 0.0 < row["entropy"] <= 1.0 + 1e-6
+        assert row["top"][0]["weight"] >= row["top"][1]["weight"]
+    with pytest.raises(UserError, match="other classes"):
+        other = select_shots(simulate(small_config(), seed=1).task, 4, 1)
+        other.texts.names[0] = "renamed"
+        teacher_attention(tmp_path / "run", other)
+
+
+@pytest.mark.slow
+def test_cli_report_on_a_store_bank_and_image_files(tmp_path: Path, home: Path, capsys) -> None:
+    """The store path: a bank imported and embedded with aape-tiny, image files on disk."""
+    from fake_images import image_folder
+
+    animals = {c: ANIMALS[c] for c in ("bear", "cat", "zebra")}
+    root = image_folder(tmp_path / "images", list(animals), {"train": 4, "val": 1, "test": 2})
+    bank_file = tmp_path / "animals.json"
+    bank_file.write_text(json.dumps(animals))
+    base = ["--home", str(home)]
+    assert main(["bank", "import", str(bank_file), "--domain", "animals", *base]) == 0
+    embed = ["bank", "embed", "--domain", "animals", "--clip-model", "aape-tiny", "--quiet"]
+    assert main([*embed, *base]) == 0
+    out = tmp_path / "report"
+    code = main(
+        ["bank", "report", "--dataset", "folder", "--data-root", str(root),
+         "--bank-domain", "animals", "--shots", "4", "--out", str(out), "--quiet", *base]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert {r["class"] for r in report["per_class"]} == set(animals)
+    bear = next(r for r in report["per_class"] if r["class"] == "bear")
+    assert {bear["best"][0]["text"], bear["worst"][0]["text"]} == set(ANIMALS["bear"])
+    assert report["hygiene"]["bear"]["ok"] == 2 and "truncated_share" in report["hygiene"]["bear"]
+    assert "| bear | 2 |" in (out / "report.md").read_text()

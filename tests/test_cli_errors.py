@@ -80,7 +80,7 @@ def _under_file(c: dict[str, Path]) -> str:
     return str(c["a_file"] / "sub")
 
 
-NO_HOME = {"predict", "simulate"}  # commands without --home
+NO_HOME = {"predict", "simulate", "study-banks"}  # commands without --home
 CASES: dict[str, list[Case]] = {
     "bank import": [
         lambda c: ["bank", "import", str(c["missing"]), "--domain", "d"],
@@ -109,6 +109,13 @@ CASES: dict[str, list[Case]] = {
     ],
     "simulate": [lambda c: ["simulate", "--out", _under_file(c), "--small"]],
     "study": [lambda c: ["study", "--out", _under_file(c), "--quick"]],
+    "study-banks": [lambda c: ["study-banks", "--out", _under_file(c)]],
+    "bank report": [
+        lambda c: ["bank", "report", "--features-dir", str(c["missing"])],
+        lambda c: ["bank", "report", "--features-dir", str(c["sim"]), "--shots", "0"],
+        lambda c: ["bank", "report", "--features-dir", str(c["sim"]), "--run", str(c["missing"])],
+    ],
+    "bank compare": [lambda c: ["bank", "compare", "--banks", "one", "--dataset", "x"]],
     "demo": [lambda c: ["demo", "--home", _under_file(c)]],  # its own --home
     "build-domain": [lambda c: ["build-domain", "--spec", str(c["missing"]), "--dataset", "x"]],
     "serve": [lambda c: ["serve", "--spec", str(c["missing"]), "--dataset", "x"]],
