@@ -212,6 +212,11 @@ def nearest(
     return [{"text": t, "score": float(s)} for t, s in rows]
 
 
+def drop_reason(error: str | None) -> str:
+    """The reason of a dropped row, without its details: "duplicate of sample 3" -> "duplicate"."""
+    return (error or "unspecified").split(" ", 1)[0]
+
+
 def stats(store: BankStore, domain: str) -> dict[str, Any]:
     """JSON-able summary of a domain: rows by status and source, per-class counts, duplicates,
     failed rows grouped by error, and per CLIP model how much is embedded and truncated."""
@@ -258,8 +263,7 @@ def stats(store: BankStore, domain: str) -> dict[str, Any]:
     failed_by_error: dict[str, int] = {}
     for st, error, n in reasons:
         if st == "dropped":
-            # "duplicate of sample 3" -> "duplicate": the reason, not the sample.
-            dropped_by_reason[(error or "unspecified").split(" ", 1)[0]] += int(n)
+            dropped_by_reason[drop_reason(error)] += int(n)
         else:
             failed_by_error[error or "unspecified"] = int(n)
     return {
@@ -294,3 +298,35 @@ def stats(store: BankStore, domain: str) -> dict[str, Any]:
         },
         "per_class": dict(per_class),
     }
+
+
+def hygiene(
+    store: BankStore, domain: str, model_id: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """Per class of a domain: rows by status, the drop reasons, and (for `model_id`, the CLIP
+    whose tokenizer counted them) the texts' mean and max length in tokens and the share that
+    CLIP's context truncated."""
+    _require_domain(store, domain)
+    with store.connect() as con:
+        status = con.execute(
+            "SELECT class_name, status, error, count(*) FROM descriptions WHERE domain = ? "
+            "GROUP BY ALL ORDER BY ALL",
+            [domain],
+        ).fetchall()
+        tokens = con.execute(
+            f"WITH t AS (SELECT DISTINCT class_name, {_TEXT_HASH} AS text_hash "
+            f"  FROM descriptions WHERE domain = ? AND status = 'ok' AND clean_text IS NOT NULL) "
+            f"SELECT t.class_name, avg(e.n_tokens), max(e.n_tokens), avg(e.truncated::INT) "
+            f"FROM t JOIN embeddings e USING (text_hash) WHERE e.model_id = ? GROUP BY 1",
+            [domain, model_id],
+        ).fetchall()
+    out: dict[str, dict[str, Any]] = defaultdict(
+        lambda: {"ok": 0, "dropped": 0, "failed": 0, "drop_reasons": Counter()}
+    )
+    for c, st, error, n in status:
+        out[c][st] += int(n)
+        if st == "dropped":
+            out[c]["drop_reasons"][drop_reason(error)] += int(n)
+    for c, mean, mx, truncated in tokens:
+        out[c].update(tokens_mean=float(mean), tokens_max=int(mx), truncated_share=float(truncated))
+    return {c: {**v, "drop_reasons": dict(v["drop_reasons"])} for c, v in sorted(out.items())}

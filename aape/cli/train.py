@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aape.cli.common import add_clip, add_home, command, int_list
+from aape.cli.common import add_clip, add_home, command, int_list, positive_int
 from aape.cli.features import add_image_checks
 from aape.config import TrainConfig, load_config
 from aape.fewshot import SHOTS_POLICIES
@@ -114,6 +114,7 @@ def handle_train(args: argparse.Namespace) -> int:
         if args.out
         else runs_dir(args.home) / "train" / f"{name}-{cfg.tag()}-k{args.shots}-s{args.seed}"
     )
+    out.mkdir(parents=True, exist_ok=True)  # an unwritable --out fails now, not after training
     if args.force and (out / "checkpoint.pt").exists():
         (out / "checkpoint.pt").unlink()
     result = train(task, cfg, checkpoint_dir=out, progress=not args.quiet)
@@ -384,7 +385,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_clip(p, default_model=None)
     p.add_argument("--classes", help="comma-separated class names")
     p.add_argument("--classes-file", help="file with one class name per line")
-    p.add_argument("--top-k", type=int, default=3, help="classes shown per image")
+    p.add_argument("--top-k", type=positive_int, default=3, help="classes shown per image")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("images", nargs="+", help="image files")
     p.set_defaults(func=handle_predict)
