@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aape.cli.common import add_clip, add_home, command, int_list, positive_int
-from aape.cli.train import _add_task_args, _config, _task_factory
+from aape.cli.train import _add_task_args, _config, _task_factory, add_data_checks
 from prompt_banks.errors import UserError
 from prompt_banks.paths import banks_dir, runs_dir
 
@@ -137,6 +137,7 @@ def register(bank_sub: argparse._SubParsersAction) -> None:
     src.add_argument("--banks", help="comma list of bank domains in the store")
     src.add_argument("--features-dirs", help="comma list of bring-your-own-features folders")
     src.add_argument("--data-root", help="where the dataset's files are (default: its registry)")
+    add_data_checks(src)
     add_home(p)
     add_clip(p)
     p.add_argument("--shots", type=int_list, default=(4,), help="shots (the largest is used)")
