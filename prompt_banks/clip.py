@@ -1,23 +1,32 @@
-"""Loading a frozen open_clip model: by name + pretrained tag, from a local weights file, from a
-`local-dir:` folder, or the project's tiny random architecture for tests and offline runs.
+"""Loading a frozen open_clip model: by name + pretrained tag, from a local weights file (also
+OpenAI's TorchScript `.pt`), from a `local-dir:` folder or an `hf-hub:` repo in the Hugging Face
+cache, or the project's tiny random architecture for tests and offline runs.
 
 Every loaded model carries a `model_id` that names exactly which weights produced an embedding;
-stores key embeddings by it, so two different weight files never share rows.
+stores key embeddings by it. It comes from the weights' content (`prompt_banks.clip_source`), so
+two different weight files never share rows and the same weights in two formats always do.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from prompt_banks.clip_source import CLIPSource, resolve_source, weights_model_id
+from prompt_banks.clip_weights import (
+    cached_digest,
+    read_state_dict,
+    remember_digest,
+    tensor_digest,
+    weights_digest,
+)
 from prompt_banks.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -34,28 +43,26 @@ class CLIPRef:
     """Which CLIP to load: an open_clip architecture and where its weights come from.
 
     `pretrained` is an open_clip tag (`openai`, `laion2b_s34b_b88k`), a path to a local weights
-    file, or None for random weights (only sensible for `aape-tiny`). `model` may also be
-    `local-dir:/path` (a folder with `open_clip_config.json` and weights), as in open_clip.
+    file (`.safetensors`, a state dict `.pt`/`.bin`, or OpenAI's TorchScript `.pt`), or None for
+    random weights (only sensible for `aape-tiny`). `model` may also be `local-dir:/path` (a
+    folder with `open_clip_config.json` and weights) or `hf-hub:org/name` (read from the Hugging
+    Face cache when `HF_HUB_OFFLINE=1`), as in open_clip; `pretrained` is then ignored.
     """
 
     model: str
     pretrained: str | None = None
 
-    @property
-    def is_local_file(self) -> bool:
-        return self.pretrained is not None and Path(self.pretrained).is_file()
+    def source(self) -> CLIPSource:
+        return resolve_source(self.model, self.pretrained)
 
-    @property
+    @cached_property
     def model_id(self) -> str:
-        """A stable name for these exact weights, used as a key in every store."""
-        if self.model.startswith("local-dir:"):
-            folder = Path(self.model.removeprefix("local-dir:"))
-            return f"local-dir/{_digest_folder(folder)}"
-        if self.pretrained is None:
-            return f"{self.model}/random-seed{RANDOM_INIT_SEED}"
-        if self.is_local_file:
-            return f"{self.model}/file-{_digest_file(Path(self.pretrained))}"
-        return f"{self.model}/{self.pretrained}"
+        """A stable name for these exact weights, used as a key in every store (see
+        `prompt_banks.clip_source`): by tag, or by the digest of the tensors, never file bytes."""
+        src = self.source()
+        if src.weights is not None:
+            return weights_model_id(src.label, weights_digest(src.weights))
+        return f"{self.model}/{src.tag or f'random-seed{RANDOM_INIT_SEED}'}"
 
 
 @dataclass
@@ -73,27 +80,6 @@ class LoadedCLIP:
     @property
     def model_id(self) -> str:
         return self.ref.model_id
-
-
-def _digest_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:12]
-
-
-def _digest_folder(folder: Path) -> str:
-    if not folder.is_dir():
-        raise UserError(
-            f"clip model: local-dir folder {folder} does not exist; pass an existing folder"
-        )
-    h = hashlib.sha256()
-    for p in sorted(folder.iterdir()):
-        if p.is_file():
-            h.update(p.name.encode())
-            h.update(_digest_file(p).encode())
-    return h.hexdigest()[:12]
 
 
 @cache
@@ -114,40 +100,25 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 
 
 def load_clip(ref: CLIPRef, device: str | torch.device | None = None) -> LoadedCLIP:
-    """Load a frozen CLIP, or raise a one-line UserError saying which field is wrong."""
+    """Load a frozen CLIP, or raise a one-line UserError saying which field or file is wrong."""
     import open_clip
 
-    register_project_models()
+    src = ref.source()
     dev = resolve_device(device)
-    is_local_dir = ref.model.startswith("local-dir:")
-    if not is_local_dir and ref.model not in open_clip.list_models():
-        raise UserError(
-            f"clip model: '{ref.model}' is not an open_clip architecture; use one of "
-            f"open_clip.list_models() (e.g. ViT-B-16) or aape-tiny"
-        )
-    if ref.pretrained is None and ref.model not in PROJECT_MODELS and not is_local_dir:
-        raise UserError(
-            f"clip pretrained: '{ref.model}' needs weights; pass --pretrained TAG (e.g. openai) "
-            f"or a local weights file"
-        )
-    if (
-        ref.pretrained is not None
-        and not ref.is_local_file
-        and not is_local_dir
-        and ref.pretrained not in open_clip.list_pretrained_tags_by_model(ref.model)
-    ):
-        if os.sep in ref.pretrained or ref.pretrained.endswith((".pt", ".bin", ".safetensors")):
-            raise UserError(f"clip pretrained: weights file {ref.pretrained} does not exist")
-        tags = ", ".join(open_clip.list_pretrained_tags_by_model(ref.model)) or "none"
-        raise UserError(
-            f"clip pretrained: '{ref.pretrained}' is not a tag of {ref.model} (known: {tags}); "
-            f"or pass a local weights file"
-        )
+    state = None
+    if src.weights is not None:  # read (and validate) the file once; its digest is the id
+        state = read_state_dict(src.weights)
+        if cached_digest(src.weights) is None:
+            remember_digest(src.weights, tensor_digest(state))
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), _quiet_random_init_warning(state is not None):
             torch.manual_seed(RANDOM_INIT_SEED)
             model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
-                ref.model, pretrained=ref.pretrained, device=dev
+                src.create_name,
+                pretrained=src.tag,
+                load_weights=src.tag is not None,
+                force_quick_gelu=src.torchscript,
+                device=dev,
             )
     except (OSError, RuntimeError, ValueError) as exc:  # network, missing or mismatched weights
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -155,11 +126,13 @@ def load_clip(ref: CLIPRef, device: str | torch.device | None = None) -> LoadedC
             f"clip pretrained: could not load '{ref.pretrained}' for {ref.model} ({first}); "
             f"on an offline machine pass a local weights file"
         ) from exc
+    if state is not None:
+        load_weights(model, state, src)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    tokenizer = open_clip.get_tokenizer(ref.model)
-    untrained = ref.pretrained is None and not is_local_dir
+    tokenizer = open_clip.get_tokenizer(src.create_name)
+    untrained = src.tag is None and src.weights is None
     if untrained:
         log.warning(
             "CLIP %s has RANDOM, UNTRAINED weights: embeddings carry no meaning; use it only for "
@@ -181,3 +154,52 @@ def load_clip(ref: CLIPRef, device: str | torch.device | None = None) -> LoadedC
         untrained=untrained,
         device=dev,
     )
+
+
+class _RandomInitFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Model initialized randomly" not in record.getMessage()
+
+
+@contextmanager
+def _quiet_random_init_warning(weights_follow: bool) -> Iterator[None]:
+    """Hide open_clip's "initialized randomly" warning when the weights are loaded right after."""
+    root = logging.getLogger()
+    flt = _RandomInitFilter()
+    if weights_follow:
+        root.addFilter(flt)
+    try:
+        yield
+    finally:
+        root.removeFilter(flt)
+
+
+def load_weights(model: Any, state: dict[str, torch.Tensor], src: CLIPSource) -> None:
+    """Load a weights file into the built architecture: open_clip's own `load_checkpoint` for
+    state-dict files (its format conversions included), the extracted state dict for OpenAI's
+    TorchScript archives (whose key names are open_clip's). Another architecture's weights give
+    a UserError naming the first key that differs."""
+    import open_clip
+
+    try:
+        if src.torchscript or src.weights is None:
+            model.load_state_dict(state, strict=True)
+        else:
+            open_clip.load_checkpoint(model, str(src.weights), strict=True)
+    except (RuntimeError, AssertionError, KeyError, ValueError) as exc:
+        raise UserError(
+            f"clip pretrained: {src.weights} holds weights of another architecture than "
+            f"{src.create_name} ({_first_difference(model.state_dict(), state)}); pass the "
+            "--clip-model the weights were trained as"
+        ) from exc
+
+
+def _first_difference(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str:
+    for name, t in expected.items():
+        if name not in found:
+            return f"no {name}"
+        if tuple(found[name].shape) != tuple(t.shape):
+            shape = "x".join(map(str, found[name].shape))
+            return f"{name} is {shape}, expected {'x'.join(map(str, t.shape))}"
+    extra = sorted(set(found) - set(expected))
+    return f"unexpected {extra[0]}" if extra else "its tensors do not fit"
