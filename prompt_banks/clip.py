@@ -9,17 +9,19 @@ two different weight files never share rows and the same weights in two formats 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache, cached_property
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from prompt_banks.clip_source import CLIPSource, resolve_source, weights_model_id
+from prompt_banks.clip_source import LOCAL_DIR, CLIPSource, resolve_source, weights_model_id
 from prompt_banks.clip_weights import (
     cached_digest,
     read_state_dict,
@@ -63,6 +65,36 @@ class CLIPRef:
         if src.weights is not None:
             return weights_model_id(src.label, weights_digest(src.weights))
         return f"{self.model}/{src.tag or f'random-seed{RANDOM_INIT_SEED}'}"
+
+
+def legacy_model_id(ref: CLIPRef) -> str | None:
+    """The id the project gave file weights before ids came from tensor content (a sha256 of
+    the file's bytes, or of a `local-dir:` folder's files), so artifacts exported then still
+    accept the same CLIP; None where the id did not change (tags, random weights, hf-hub)."""
+    if ref.model.startswith(LOCAL_DIR):
+        h = hashlib.sha256()
+        for p in sorted(Path(ref.model.removeprefix(LOCAL_DIR)).iterdir()):
+            if p.is_file():
+                h.update(p.name.encode())
+                h.update(_file_sha256(p)[:12].encode())
+        return f"local-dir/{h.hexdigest()[:12]}"
+    if ref.pretrained is not None and Path(ref.pretrained).is_file():
+        return f"{ref.model}/file-{_file_sha256(Path(ref.pretrained))[:12]}"
+    return None
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def is_model_id_of(ref: CLIPRef, model_id: str) -> bool:
+    """True if `model_id` (e.g. an artifact's) names the weights of `ref`, by today's id or by
+    the old file-bytes one."""
+    return model_id == ref.model_id or model_id == legacy_model_id(ref)
 
 
 @dataclass

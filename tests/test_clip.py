@@ -21,7 +21,7 @@ from clip_files import hub_config, json_bytes, tiny_model, write_hf_cache, write
 from huggingface_hub import constants as hf_constants
 from safetensors.torch import save as safetensors_save
 
-from prompt_banks.clip import CLIPRef, load_clip
+from prompt_banks.clip import CLIPRef, legacy_model_id, load_clip
 from prompt_banks.clip_weights import cached_digest, weights_digest
 from prompt_banks.embed import encode_texts
 from prompt_banks.errors import UserError
@@ -372,3 +372,37 @@ def test_bad_weight_files_exit_2_in_a_real_cli_process(tmp_path, name):
     assert done.returncode == 2, done.stderr
     lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and BAD_FILE_MESSAGES[name] in lines[0], done.stderr
+
+
+def test_an_artifact_accepts_the_same_weights_given_another_way(tmp_path):
+    from aape.artifact import export_artifact
+    from aape.config import TrainConfig
+    from aape.inference import AAPEClassifier
+    from aape.synthetic import make_task
+    from aape.train import train
+
+    source = tiny_model(13)
+    torch.save(source.state_dict(), tmp_path / "w.pt")
+    as_pt = CLIPRef("aape-tiny", str(tmp_path / "w.pt"))
+    task = make_task(dim=64, n_classes=3)
+    task.model_id = as_pt.model_id  # trained on features of the .pt
+    cfg = TrainConfig(recipe="adamw", epochs=1, warmup_epochs=0, aggregator_heads=4)
+    result = train(task, cfg, progress=False)
+    folder = _local_dir(
+        tmp_path / "dir",
+        hub_config("aape-tiny"),
+        {"open_clip_model.safetensors": _safetensors_bytes(source)},
+    )
+    art = export_artifact(result, tmp_path / "art", clip_ref=CLIPRef(folder))  # same weights
+    AAPEClassifier.load(art, clip=load_clip(CLIPRef(folder), device="cpu"))
+    (tmp_path / "other.safetensors").write_bytes(_safetensors_bytes(tiny_model(14)))
+    other = CLIPRef("aape-tiny", str(tmp_path / "other.safetensors"))
+    with pytest.raises(UserError, match="is not the CLIP the run used"):
+        export_artifact(result, tmp_path / "art2", clip_ref=other)
+    with pytest.raises(UserError, match="the artifact was trained with aape-tiny/w-"):
+        AAPEClassifier.load(art, clip=load_clip(other, device="cpu"))
+    # a run made before ids came from content names the .pt by its bytes' sha256
+    result.model_id = legacy_model_id(as_pt)
+    assert result.model_id.startswith("aape-tiny/file-")
+    old = export_artifact(result, tmp_path / "old", clip_ref=as_pt)
+    AAPEClassifier.load(old, clip=load_clip(as_pt, device="cpu"))
