@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from prompt_banks.clip_source import LOCAL_DIR, CLIPSource, resolve_source, weights_model_id
+from prompt_banks.clip_source import HF_HUB, LOCAL_DIR, CLIPSource, resolve_source, weights_model_id
 from prompt_banks.clip_weights import (
     cached_digest,
     read_state_dict,
@@ -61,10 +61,12 @@ class CLIPRef:
     def model_id(self) -> str:
         """A stable name for these exact weights, used as a key in every store (see
         `prompt_banks.clip_source`): by tag, or by the digest of the tensors, never file bytes."""
+        schema = self.model.startswith((LOCAL_DIR, HF_HUB))
+        if not schema and (self.pretrained is None or not Path(self.pretrained).is_file()):
+            return f"{self.model}/{self.pretrained or f'random-seed{RANDOM_INIT_SEED}'}"
         src = self.source()
-        if src.weights is not None:
-            return weights_model_id(src.label, weights_digest(src.weights))
-        return f"{self.model}/{src.tag or f'random-seed{RANDOM_INIT_SEED}'}"
+        assert src.weights is not None  # a file, a local-dir's or an hf-hub repo's
+        return weights_model_id(src.label, weights_digest(src.weights))
 
 
 def legacy_model_id(ref: CLIPRef) -> str | None:

@@ -79,6 +79,8 @@ def _hub_file(repo: str, filename: str | None) -> Path:
 
 
 def _read_config(path: Path, where: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"clip model: {path.parent} has no {path.name}; {where}")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
@@ -107,6 +109,10 @@ def resolve_source(model: str, pretrained: str | None) -> CLIPSource:
     from prompt_banks.clip import PROJECT_MODELS, register_project_models
 
     register_project_models()
+    if model.startswith((LOCAL_DIR, HF_HUB)) and pretrained is not None:
+        raise UserError(
+            f"clip pretrained: {model} brings its own weights; drop --pretrained {pretrained}"
+        )
     if model.startswith(LOCAL_DIR):
         folder = Path(model.removeprefix(LOCAL_DIR))
         if not folder.is_dir():

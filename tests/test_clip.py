@@ -406,3 +406,26 @@ def test_an_artifact_accepts_the_same_weights_given_another_way(tmp_path):
     assert result.model_id.startswith("aape-tiny/file-")
     old = export_artifact(result, tmp_path / "old", clip_ref=as_pt)
     AAPEClassifier.load(old, clip=load_clip(as_pt, device="cpu"))
+
+
+def test_bad_local_dir_and_hub_refs_are_user_errors(tmp_path):
+    source_bytes = _safetensors_bytes(tiny_model(15))
+    no_config = tmp_path / "no-config"
+    no_config.mkdir()
+    (no_config / "open_clip_model.safetensors").write_bytes(source_bytes)
+    bad_json = tmp_path / "bad-json"
+    bad_json.mkdir()
+    (bad_json / "open_clip_config.json").write_text("{not json")
+    no_weights = _local_dir(tmp_path / "no-weights", hub_config("aape-tiny"), {})
+    cases = [
+        (
+            CLIPRef(f"local-dir:{no_config}"),
+            "no-config has no open_clip_config.json; an open_clip folder holds",
+        ),
+        (CLIPRef(f"local-dir:{bad_json}"), "bad-json/open_clip_config.json is not valid JSON"),
+        (CLIPRef(no_weights), "has no weights file; put open_clip_model.safetensors"),
+        (CLIPRef(no_weights, "openai"), "brings its own weights; drop --pretrained openai"),
+    ]
+    for ref, message in cases:
+        with pytest.raises(UserError, match=message):
+            load_clip(ref, device="cpu")
