@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import pickle
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -48,7 +49,8 @@ class CLIPRef:
     file (`.safetensors`, a state dict `.pt`/`.bin`, or OpenAI's TorchScript `.pt`), or None for
     random weights (only sensible for `aape-tiny`). `model` may also be `local-dir:/path` (a
     folder with `open_clip_config.json` and weights) or `hf-hub:org/name` (read from the Hugging
-    Face cache when `HF_HUB_OFFLINE=1`), as in open_clip; `pretrained` is then ignored.
+    Face cache when `HF_HUB_OFFLINE=1`), as in open_clip; these bring their own weights, so
+    `pretrained` must then be None.
     """
 
     model: str
@@ -140,12 +142,13 @@ def load_clip(ref: CLIPRef, device: str | torch.device | None = None) -> LoadedC
     src = ref.source()
     dev = resolve_device(device)
     state = None
-    if src.weights is not None:  # read (and validate) the file once; its digest is the id
+    if src.weights is not None and cached_digest(src.weights) is None:
+        # a file not seen before (or changed): read and validate it, its digest is the id
         state = read_state_dict(src.weights)
-        if cached_digest(src.weights) is None:
-            remember_digest(src.weights, tensor_digest(state))
+        remember_digest(src.weights, tensor_digest(state))
     try:
-        with torch.random.fork_rng(devices=[]), _quiet_random_init_warning(state is not None):
+        quiet = _quiet_random_init_warning(src.weights is not None)
+        with torch.random.fork_rng(devices=[]), quiet:
             torch.manual_seed(RANDOM_INIT_SEED)
             model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
                 src.create_name,
@@ -160,8 +163,10 @@ def load_clip(ref: CLIPRef, device: str | torch.device | None = None) -> LoadedC
             f"clip pretrained: could not load '{ref.pretrained}' for {ref.model} ({first}); "
             f"on an offline machine pass a local weights file"
         ) from exc
-    if state is not None:
-        load_weights(model, state, src)
+    if src.weights is not None:
+        load_weights(
+            model, src.weights, arch=src.create_name, torchscript=src.torchscript, state=state
+        )
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -208,23 +213,32 @@ def _quiet_random_init_warning(weights_follow: bool) -> Iterator[None]:
         root.removeFilter(flt)
 
 
-def load_weights(model: Any, state: dict[str, torch.Tensor], src: CLIPSource) -> None:
+def load_weights(
+    model: Any,
+    path: Path,
+    *,
+    arch: str,
+    torchscript: bool,
+    state: dict[str, torch.Tensor] | None = None,
+) -> None:
     """Load a weights file into the built architecture: open_clip's own `load_checkpoint` for
     state-dict files (its format conversions included), the extracted state dict for OpenAI's
-    TorchScript archives (whose key names are open_clip's). Another architecture's weights give
-    a UserError naming the first key that differs."""
+    TorchScript archives (whose key names are open_clip's). `state` is the file's state dict if
+    it was read already. Another architecture's weights give a UserError naming the first key
+    that differs."""
     import open_clip
 
     try:
-        if src.torchscript or src.weights is None:
-            model.load_state_dict(state, strict=True)
+        if torchscript:
+            model.load_state_dict(state or read_state_dict(path), strict=True)
         else:
-            open_clip.load_checkpoint(model, str(src.weights), strict=True)
-    except (RuntimeError, AssertionError, KeyError, ValueError) as exc:
+            open_clip.load_checkpoint(model, str(path), strict=True)
+    except (RuntimeError, AssertionError, KeyError, ValueError, pickle.UnpicklingError) as exc:
+        found = state or read_state_dict(path)  # a damaged file raises its own error here
         raise UserError(
-            f"clip pretrained: {src.weights} holds weights of another architecture than "
-            f"{src.create_name} ({_first_difference(model.state_dict(), state)}); pass the "
-            "--clip-model the weights were trained as"
+            f"clip pretrained: {path} holds weights of another architecture than {arch} "
+            f"({_first_difference(model.state_dict(), found)}); pass the --clip-model the "
+            "weights were trained as"
         ) from exc
 
 
