@@ -8,8 +8,9 @@
 - `write_hf_cache`: a Hugging Face hub repo in the cache as `huggingface_hub` writes it:
   `models--org--name/{blobs/<etag>, refs/main, snapshots/<commit>/<file> -> ../../blobs/<etag>}`,
   with the etag of a weights (LFS) file its sha256 and of a small file its git blob sha1.
-- `hub_config`: `open_clip_config.json` as open_clip hub repos ship it (`model_cfg` and
-  `preprocess_cfg` with OpenAI's mean/std).
+- `hub_config`: `open_clip_config.json` as open_clip hub repos ship it, written by open_clip's
+  `push_to_hf_hub.save_config_for_hf` (`model_cfg`; `preprocess_cfg` with mean, std,
+  interpolation and resize_mode).
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import open_clip
 import torch
-from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 from prompt_banks.clip import register_project_models
 
@@ -52,13 +53,17 @@ def write_openai_torchscript(model: torch.nn.Module, path: Path, image_size: int
 
 
 def hub_config(arch: str, **model_overrides) -> dict:
+    """`open_clip_config.json` of a model, written by open_clip's own hub writer."""
+    from open_clip.push_to_hf_hub import save_config_for_hf
+
     register_project_models()
     cfg = open_clip.get_model_config(arch)
     cfg.update(model_overrides)
-    return {
-        "model_cfg": cfg,
-        "preprocess_cfg": {"mean": list(OPENAI_DATASET_MEAN), "std": list(OPENAI_DATASET_STD)},
-    }
+    model = open_clip.create_model(arch, force_quick_gelu=bool(cfg.get("quick_gelu")))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "open_clip_config.json"
+        save_config_for_hf(model, path, model_config=cfg)
+        return json.loads(path.read_text())
 
 
 def _etag(name: str, data: bytes) -> str:
