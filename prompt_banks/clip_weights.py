@@ -175,8 +175,10 @@ def remember_digest(path: str | os.PathLike[str], digest: str) -> None:
     """Cache `digest` for `path` as it is now; an unwritable cache is skipped silently (the
     digest is then recomputed next time)."""
     file = digest_cache_file()
-    entries = _read_cache(file)
-    entries[_cache_key(Path(path))] = digest
+    key = _cache_key(Path(path))
+    real = key.rsplit("|", 2)[0]
+    entries = {k: v for k, v in _read_cache(file).items() if k.rsplit("|", 2)[0] != real}
+    entries[key] = digest  # one entry per file: an older size/mtime of it is dropped
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(file) as tmp:

@@ -22,7 +22,7 @@ from huggingface_hub import constants as hf_constants
 from safetensors.torch import save as safetensors_save
 
 from prompt_banks.clip import CLIPRef, legacy_model_id, load_clip
-from prompt_banks.clip_weights import cached_digest, weights_digest
+from prompt_banks.clip_weights import cached_digest, digest_cache_file, weights_digest
 from prompt_banks.embed import encode_texts
 from prompt_banks.errors import UserError
 
@@ -228,6 +228,8 @@ def test_the_digest_is_cached_until_the_file_changes(tmp_path):
     torch.save(tiny_model(8).state_dict(), path)
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
     assert cached_digest(path) is None and weights_digest(path) != digest
+    cache = json.loads(digest_cache_file().read_text())
+    assert len([k for k in cache if k.startswith(f"{path.resolve()}|")]) == 1  # the old is gone
 
 
 def _openai_checkpoint(tmp_path: Path, seed: int, arch: str = "aape-tiny"):
@@ -429,3 +431,28 @@ def test_bad_local_dir_and_hub_refs_are_user_errors(tmp_path):
     for ref, message in cases:
         with pytest.raises(UserError, match=message):
             load_clip(ref, device="cpu")
+
+
+def test_the_store_embeds_once_for_the_same_weights_as_hub_repo_or_file(tmp_path, capsys):
+    from aape.cli.main import main
+
+    source = tiny_model(16)
+    repo = _hub_repo(
+        {
+            "open_clip_config.json": json_bytes(hub_config("aape-tiny")),
+            "open_clip_model.safetensors": _safetensors_bytes(source),
+        }
+    )
+    torch.save(source.state_dict(), tmp_path / "same.pt")
+    bank = tmp_path / "pets.json"
+    bank.write_text(json.dumps({"Sphynx": ["A hairless cat."], "Bengal": ["A spotted coat."]}))
+    home = str(tmp_path / "home")
+    assert main(["bank", "import", str(bank), "--domain", "pets", "--home", home]) == 0
+    embed = ["bank", "embed", "--domain", "pets", "--home", home, "--quiet", "--clip-model"]
+    capsys.readouterr()
+    assert main([*embed, f"hf-hub:{repo}"]) == 0
+    first = capsys.readouterr().out
+    assert "4 encoded" in first and "aape-tiny/w-" in first  # 2 texts + 2 templates
+    assert main([*embed, "aape-tiny", "--pretrained", str(tmp_path / "same.pt")]) == 0
+    again = capsys.readouterr().out
+    assert "0 encoded" in again and "4 already embedded" in again
