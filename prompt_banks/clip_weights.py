@@ -100,9 +100,10 @@ def _read_safetensors(p: Path) -> dict:
 def _read_pickle(p: Path) -> object:
     with p.open("rb") as f:
         head = f.read(4)
+    renamed = f"safetensors under another name; rename it {p.stem}.safetensors"
     if head != ZIP_MAGIC and head[:1] != PICKLE_PROTO:
         if _looks_like_safetensors(p):
-            raise _bad_file(p, f"safetensors under another name; rename it {p.stem}.safetensors")
+            raise _bad_file(p, renamed)
         raise _bad_file(p, "neither a PyTorch zip or pickle nor safetensors")
     try:
         return torch.load(str(p), map_location="cpu", weights_only=True)
@@ -112,11 +113,7 @@ def _read_pickle(p: Path) -> object:
                 f"clip pretrained: {p} is a pickled Python object, not a state dict; re-save it "
                 "with torch.save(model.state_dict(), path) or as .safetensors"
             ) from exc
-        if _looks_like_safetensors(p):
-            raise _bad_file(
-                p, f"safetensors content under another name; rename it to {p.stem}.safetensors"
-            ) from exc
-        raise _bad_file(p, _first_line(exc)) from exc
+        raise _bad_file(p, renamed if _looks_like_safetensors(p) else _first_line(exc)) from exc
     except Exception as exc:  # the unpickler fails in many ways on damaged bytes
         raise _bad_file(p, f"truncated or corrupt: {_first_line(exc)}") from exc
 

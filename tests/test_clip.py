@@ -302,6 +302,7 @@ def _bad_weight_files(folder: Path) -> dict[str, Path]:
         "text.safetensors": b"not a safetensors file at all",
         "model-object.pt": _torch_bytes(source),
         "list.pt": _torch_bytes([1, 2, 3]),
+        "renamed.pt": _safetensors_bytes(source),
         "d32.safetensors": _safetensors_bytes(tiny_model(12, name="aape-tiny-d32")),
     }
     paths = {}
@@ -320,6 +321,7 @@ BAD_FILE_MESSAGES = {
     "text.safetensors": "is not a CLIP weights file (unreadable safetensors",
     "model-object.pt": "is a pickled Python object, not a state dict",
     "list.pt": "it holds a list, not a state dict of tensors",
+    "renamed.pt": "safetensors under another name; rename it renamed.safetensors",
     "d32.safetensors": "holds weights of another architecture than aape-tiny (text_projection is "
     "64x32, expected 64x64); pass the --clip-model",
 }
