@@ -163,6 +163,11 @@ def load_clip(ref: CLIPRef, device: str | torch.device | None = None) -> LoadedC
             f"clip pretrained: could not load '{ref.pretrained}' for {ref.model} ({first}); "
             f"on an offline machine pass a local weights file"
         ) from exc
+    except (KeyError, TypeError) as exc:  # a folder's or repo's model_cfg open_clip cannot build
+        raise UserError(
+            f"clip model: open_clip cannot build the model_cfg of {ref.model} ({type(exc).__name__}"
+            f": {exc}); fix its open_clip_config.json"
+        ) from exc
     if src.weights is not None:
         load_weights(
             model, src.weights, arch=src.create_name, torchscript=src.torchscript, state=state

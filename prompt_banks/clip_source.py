@@ -61,16 +61,13 @@ def _hub_file(repo: str, filename: str | None) -> Path:
     from huggingface_hub import constants
     from open_clip.pretrained import download_pretrained_from_hf
 
-    offline = constants.HF_HUB_OFFLINE
     try:
         return Path(download_pretrained_from_hf(repo, filename=filename))
     except (OSError, RuntimeError, ValueError) as exc:
         what = filename or "open_clip_model.safetensors / open_clip_pytorch_model.bin"
-        where = (
-            "is not in the Hugging Face cache (HF_HUB_OFFLINE=1)"
-            if offline
-            else ("could not be downloaded")
-        )
+        where = "could not be downloaded"
+        if constants.HF_HUB_OFFLINE:
+            where = "is not in the Hugging Face cache (HF_HUB_OFFLINE=1)"
         raise UserError(
             f"clip model: {what} of {HF_HUB}{repo} {where}; fetch it once with "
             f"`hf download {repo}` on a connected machine (same HF_HOME), or pass "

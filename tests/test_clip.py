@@ -421,7 +421,13 @@ def test_bad_local_dir_and_hub_refs_are_user_errors(tmp_path):
     bad_json.mkdir()
     (bad_json / "open_clip_config.json").write_text("{not json")
     no_weights = _local_dir(tmp_path / "no-weights", hub_config("aape-tiny"), {})
+    unbuildable = _local_dir(
+        tmp_path / "unbuildable",
+        {"model_cfg": {"embed_dim": 64}},
+        {"open_clip_model.safetensors": source_bytes},
+    )
     cases = [
+        (CLIPRef(unbuildable), "open_clip cannot build the model_cfg of local-dir:"),
         (
             CLIPRef(f"local-dir:{no_config}"),
             "no-config has no open_clip_config.json; an open_clip folder holds",
