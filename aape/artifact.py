@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from aape.train import TrainResult
-from prompt_banks.clip import CLIPRef
+from prompt_banks.clip import CLIPRef, is_model_id_of
 from prompt_banks.errors import UserError
 
 FORMAT = "aape-artifact/1"
@@ -45,7 +45,7 @@ def export_artifact(
     to be predicted later; made ahead of time from their banks)."""
     if result.model is None:
         raise UserError(f"aape export: method {result.config.method} has no AAPE weights to export")
-    if clip_ref is not None and clip_ref.model_id != result.model_id:
+    if clip_ref is not None and not is_model_id_of(clip_ref, result.model_id):
         raise UserError(
             f"--clip-model: {clip_ref.model_id} is not the CLIP the run used ({result.model_id})"
         )
