@@ -73,7 +73,7 @@ class _Folder:
             if self.fs is None:
                 return os.listdir(folder)
             return [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(str(folder), detail=False)]
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # never taken (or in the way: create says)
             return []
 
     def read(self, path: Path | str) -> bytes | None:

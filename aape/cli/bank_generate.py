@@ -32,10 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
             aape bank generate --spec my-domain.yaml --retry-failed
             aape bank generate --spec my-domain.yaml --max-failed-share 0   # any failure: exit 1
 
-        Exit status: 0 when the run stored its rows; 1 when more than --max-failed-share of the
-        rows it asked for failed (they are stored as failed; --retry-failed asks them again);
-        2 when nothing could run (a bad spec, or no LLM server answering --base-url). Two runs
-        on one domain share the work: each class is leased by one run at a time.
+
+            exit status: 0 when the run stored its rows; 1 when more than --max-failed-share
+            of the rows it asked for failed (stored as failed: --retry-failed asks them again);
+            2 when nothing could run (a bad spec, or no LLM server answering --base-url).
+            Two runs on one domain share the work: each class is leased by one run at a time.
         """,
     )
     p.add_argument("--spec", required=True, help="domain spec YAML (see prompt_banks/specs/)")

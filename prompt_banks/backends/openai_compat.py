@@ -118,7 +118,9 @@ class OpenAICompatBackend(LLMBackend):
 
     def __repr__(self) -> str:  # never shows the key
         shown = [shown_url(u) for u in self.base_urls]
-        return f"OpenAICompatBackend(base_urls={shown!r}, model={self.model_id!r})"
+        return (
+            f"OpenAICompatBackend(base_urls={shown!r}, model={getattr(self, 'model_id', None)!r})"
+        )
 
     # -- transport ------------------------------------------------------------------------
     def _post(self, slot: int, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -204,10 +206,16 @@ class OpenAICompatBackend(LLMBackend):
                 self.base_url = self.base_urls[0]
 
     def _served_model(self) -> str:
-        """The first model a server lists, when the spec names none (llama.cpp serves one)."""
-        resp = self._probe(0)
-        if isinstance(resp, str):
-            raise self._unreachable(self.base_urls[:1], [resp])
+        """The first model the first answering replica lists, when the spec names none
+        (llama.cpp serves one)."""
+        reasons: list[str] = []
+        for slot in range(len(self._clients)):
+            resp = self._probe(slot)
+            if isinstance(resp, httpx.Response):
+                break
+            reasons.append(resp)
+        else:
+            raise self._unreachable(self.base_urls, reasons)
         self._raise_for_status(resp)
         try:
             return str(resp.json()["data"][0]["id"])
