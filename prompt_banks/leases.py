@@ -16,7 +16,8 @@ who holds the lease and until when: `{"owner", "state": "held" | "released", "ex
   ones; the newest is never deleted, so generations only grow.
 - A run killed with -9 leaves a `held` file that expires `ttl_s` after its last renewal; then
   another run takes the lease over. Expiry compares wall clocks: hosts sharing a store need
-  clocks that agree to within a small part of `ttl_s`.
+  clocks that agree to within a small part of `ttl_s`. A run on the same machine (host and
+  process-id namespace) whose process has ended holds nothing: its leases are taken at once.
 
 Leases save work, they do not keep stores correct: row keys do that (a store skips stored keys).
 """
@@ -55,6 +56,30 @@ class LeaseFile:
 
     def live(self, now: float) -> bool:
         return self.state == "held" and self.expires > now
+
+
+def _machine() -> str:
+    """This host and its process-id namespace: where a process id names one process."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid").removeprefix("pid:")
+    except OSError:
+        namespace = ""
+    return f"{socket.gethostname()}{namespace}"
+
+
+def _gone(owner: str) -> bool:
+    """True when `owner` ran on this machine and its process has ended (killed with -9, say):
+    its leases need not wait for their expiry. Owners elsewhere are never known to be gone."""
+    parts = owner.rsplit(":", 2)
+    if len(parts) != 3 or parts[0] != _machine() or not parts[1].isdigit():
+        return False
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, owned by another user
+        return False
+    return False
 
 
 class _Folder:
@@ -137,7 +162,7 @@ class Leases:
         if ttl_s <= 0:
             raise ValueError("ttl_s must be positive")
         self.ttl_s = ttl_s
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.owner = f"{_machine()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._folder = _Folder(root)
         # name -> (generation held, what, time of the last renewal)
         self._held: dict[str, tuple[int, str, float]] = {}
@@ -186,7 +211,7 @@ class Leases:
         if name in self._held:
             return self._held[name][0]
         newest = self.newest(name)
-        if newest is not None and newest.live(time.time()):
+        if newest is not None and newest.live(time.time()) and not _gone(newest.owner):
             return None
         generation = 0 if newest is None else newest.generation + 1
         if not self._write(name, generation, "held", what):
