@@ -8,7 +8,8 @@ A lease is a folder of generation files, `<root>/<name>/<generation>.json`; the 
 who holds the lease and until when: `{"owner", "state": "held" | "released", "expires", "what"}`.
 - Taking a lease creates the next generation exclusively: on a local folder a hard link of a
   complete temp file (which fails when the name exists), on an fsspec URL an exclusive `"xb"`
-  create (a conditional put on object stores). Of two runs that try one generation, one wins.
+  create (a conditional put: s3fs from 2025.7, gcsfs, adlfs). Of two runs that try one
+  generation, one wins.
   A run whose listing was stale learns it by listing again after its create and backs off.
 - A lease is live while its newest file is `held` and not expired. The holder renews it by
   creating the next generation (so a holder that stalled past expiry learns that it lost it)
