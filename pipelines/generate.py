@@ -94,7 +94,12 @@ def generate_task(params: GenerateParams) -> dict[str, Any]:
         )
     # Too many failed rows fail the task (a UserError: retrying would ask nothing, since the
     # failed rows are stored) and with it the flow, with the counts and reasons as its message.
-    check_failed_share(report, params.max_failed_share, again="a run with retry_failed=true")
+    check_failed_share(
+        report,
+        params.max_failed_share,
+        again="a run with retry_failed=true",
+        setting="max_failed_share",
+    )
     return {**report.__dict__, "llm_limit": limit, "summary": report.summary()}
 
 

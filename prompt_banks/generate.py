@@ -19,7 +19,6 @@ How it stays correct when runs are killed, retried, extended or run twice at onc
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 import threading
@@ -39,6 +38,7 @@ from prompt_banks.backends.base import (
     TransientLLMError,
 )
 from prompt_banks.cleaning import Deduplicator, clean_answer
+from prompt_banks.errors import UserError
 from prompt_banks.generate_plan import ClassPlanner, WorkItem
 from prompt_banks.generate_report import GenerateReport
 from prompt_banks.leases import Leases
@@ -252,8 +252,10 @@ class _Run:
             raise
         finally:
             self.pool.shutdown(wait=False, cancel_futures=True)
-            with contextlib.suppress(OSError):  # unreleased leases expire by themselves
+            try:
                 self.leases.release_all()
+            except (OSError, UserError) as exc:  # unreleased leases expire by themselves
+                log.warning("leases: cannot release (%s); they expire in %g s", exc, lease_ttl_s)
             self.bar.close()
             report.seconds = time.monotonic() - self.start
             report.leased_elsewhere = len(self.busy_until)

@@ -75,6 +75,10 @@ class GenerateReport:
         )
         if self.failed:
             text += f"; failed because: {self.top_fail_reasons()}"
+        if self.leased_elsewhere:
+            text += (
+                f"; {self.leased_elsewhere} classes were leased by another run (rechecked after)"
+            )
         return text
 
 
@@ -84,13 +88,16 @@ class TooManyFailed(UserError):
     exit_code = 1  # 2 says nothing could run; 1 says it ran and must be looked at
 
 
-def check_failed_share(report: GenerateReport, max_share: float, *, again: str) -> None:
+def check_failed_share(
+    report: GenerateReport, max_share: float, *, again: str, setting: str = "--max-failed-share"
+) -> None:
     """Raise TooManyFailed when the share of this run's rows that failed exceeds `max_share`.
-    `again` says how to ask the failed rows again (a command, or a flow parameter)."""
+    `again` says how to ask the failed rows again, `setting` names the threshold (a CLI flag,
+    or a flow parameter)."""
     if report.failed_share <= max_share:
         return
     raise TooManyFailed(
         f"{report.domain}: {report.failed} of {report.asked} rows failed "
-        f"({report.failed_share:.0%}, more than --max-failed-share {max_share:g}): "
+        f"({report.failed_share:.0%}, more than {setting} {max_share:g}): "
         f"{report.top_fail_reasons()}; the rows are stored as failed, {again} asks them again"
     )

@@ -60,12 +60,14 @@ class LeaseFile:
 
 
 def _machine() -> str:
-    """This host and its process-id namespace: where a process id names one process."""
+    """This host, its boot and its process-id namespace: where a process id names one process
+    (Linux; elsewhere the host name alone)."""
     try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
         namespace = os.readlink("/proc/self/ns/pid").removeprefix("pid:")
     except OSError:
-        namespace = ""
-    return f"{socket.gethostname()}{namespace}"
+        boot = namespace = ""
+    return f"{socket.gethostname()}{'/' + boot if boot else ''}{namespace}"
 
 
 def _gone(owner: str) -> bool:

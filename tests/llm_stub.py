@@ -87,6 +87,7 @@ class Request:
 @dataclass
 class StubState:
     honour_n: bool = True
+    models_status: int = 200  # what GET /v1/models answers (401: a refused key, 404: no such route)
     delay_s: float = 0.0  # every answer waits this long
     formats: tuple[str, ...] = ("json_schema", "json_object")  # response_format types accepted
     faults: list[Fault] = field(default_factory=list)
@@ -141,7 +142,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(code, json.dumps(obj).encode(), headers)
 
     def do_GET(self) -> None:
-        if self.path.rstrip("/") == "/v1/models":
+        if self.path.rstrip("/") == "/v1/models" and self.state.models_status != 200:
+            code = self.state.models_status
+            self._json(code, {"error": {"message": f"injected {code}"}})
+        elif self.path.rstrip("/") == "/v1/models":
             self._json(200, {"object": "list", "data": [{"id": "stub-model", "object": "model"}]})
         else:
             self._json(404, {"error": "not found"})

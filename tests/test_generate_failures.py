@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from aape.cli.main import main
-from prompt_banks.backends import make_backend
+from prompt_banks.backends import FatalLLMError, make_backend
 from prompt_banks.errors import UserError
 from prompt_banks.spec import parse_spec
 from prompt_banks.store import BankStore
@@ -103,6 +103,20 @@ def test_credentials_in_the_url_never_reach_the_message(tmp_path: Path) -> None:
     with pytest.raises(UserError) as err:
         run(parse_spec(spec_dict(url, llm={"model": "m"})), tmp_path)
     assert "SECRET" not in str(err.value) and "//127.0.0.1:" in str(err.value)
+
+
+def test_preflight_stops_a_refused_key_but_not_a_server_without_a_models_route(
+    tmp_path: Path,
+) -> None:
+    state = StubState(models_status=401)
+    with StubServer(state) as stub:
+        spec = parse_spec(spec_dict(stub.url, classes=CLASSES[:1], llm={"model": "m"}))
+        with pytest.raises(FatalLLMError, match=r"refused the API key \(401\)"):
+            run(spec, tmp_path / "a")
+        assert state.requests == []  # not one completion asked
+        state.models_status = 404  # some OpenAI-compatible servers have no /v1/models
+        report = run(spec, tmp_path / "b")
+    assert (report.ok, report.failed) == (6, 0)
 
 
 def test_a_dead_replica_is_left_out(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

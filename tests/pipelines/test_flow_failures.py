@@ -54,6 +54,7 @@ def test_generate_fails_at_once_when_no_llm_answers(tiny_domain, home: Path, tmp
         GenerateParams(spec=spec, home=str(home), progress=False), return_state=True
     )
     message = failed_message(state)
+    assert message.startswith("Flow run encountered an exception: UserError: --base-url:")
     assert f"cannot reach http://127.0.0.1:{port}/v1 (connection refused)" in message
     assert statuses(home) == []
 
@@ -67,8 +68,9 @@ def test_generate_and_build_domain_fail_on_too_many_failed_rows(
             GenerateParams(spec=spec, home=str(home), progress=False), return_state=True
         )
         message = failed_message(state)
+        assert message.startswith("Flow run encountered an exception: TooManyFailed:")
         # 3 classes x 1 question x 2 samples; "meshed" fails: 2 of 6 rows.
-        assert "tiny-textures: 2 of 6 rows failed (33%, more than --max-failed-share 0.1)" in (
+        assert "tiny-textures: 2 of 6 rows failed (33%, more than max_failed_share 0.1)" in (
             message
         )
         assert '2 x HTTP 500: {"error": {"message": "injected 500"}}' in message
