@@ -16,6 +16,7 @@ import time
 import uuid
 from pathlib import Path
 
+import fsspec
 import pytest
 
 from prompt_banks.backends import make_backend
@@ -149,6 +150,18 @@ def test_a_class_leased_by_another_run_waits_for_it_but_another_model_does_not(
         report = run(spec, tmp_path)  # "hole" waits until the blocker's lease expires
     assert report.failed == 0 and report.leased_elsewhere == 1
     assert time.monotonic() - start >= 0.5
+
+
+def test_a_run_into_a_url_store_keeps_its_leases_there() -> None:
+    root = f"memory://{uuid.uuid4().hex}/banks"
+    with StubServer() as stub:
+        spec = parse_spec(spec_dict(stub.url, classes=("hole", "oil stain")))
+        report = run(spec, root)
+    assert (report.ok, report.failed) == (12, 0)
+    leases = Leases(lease_root(BankStore(root), spec.domain))
+    listed = fsspec.filesystem("memory").ls(f"{root}/leases/stub-domain", detail=False)
+    names = [p.rsplit("/", 1)[-1] for p in listed]
+    assert len(names) == 2 and all(leases.newest(n).state == "released" for n in names)
 
 
 CLASSES = tuple(f"defect {c}" for c in "abcdefghijkl")
