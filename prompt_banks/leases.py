@@ -201,11 +201,11 @@ class Leases:
         if not self._folder.create(self._file(name, generation), json.dumps(doc).encode()):
             return False
         # A stale listing can create a generation that was pruned: a newer one exists then.
-        if self._generations(name)[-1] != generation:
+        generations = self._generations(name)
+        if generations[-1] != generation:
             return False
-        for older in self._generations(name):
-            if older < generation:
-                self._folder.delete(self._file(name, older))
+        for older in generations[:-1]:
+            self._folder.delete(self._file(name, older))
         return True
 
     def take(self, name: str, what: str = "") -> int | None:
@@ -220,7 +220,7 @@ class Leases:
         if not self._write(name, generation, "held", what):
             return None
         if newest is not None and newest.state == "held":
-            log.info("leases: took over %s from %s (expired)", what or name, newest.owner)
+            log.info("leases: took over %s from %s (expired or ended)", what or name, newest.owner)
         self._held[name] = (generation, what, time.monotonic())
         return generation
 
