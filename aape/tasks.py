@@ -20,10 +20,11 @@ import torch
 from aape.data import ClassTexts, FeatureSet, Task
 from aape.datasets import SPLITS, Dataset, ImageRecord, load_dataset
 from aape.datasets.base import DEFAULT_VIEWS
-from aape.features import ExtractReport, extract_records, load_features
+from aape.features import ExtractReport, extract_records, load_features, split_dir
 from aape.fewshot import FewShotManifest, fewshot_manifest, write_manifest
 from prompt_banks.clip import CLIPRef, LoadedCLIP, load_clip
 from prompt_banks.embed import encode_texts, template_text
+from prompt_banks.errors import UserError
 from prompt_banks.paths import banks_dir
 from prompt_banks.queries import bank_tensor
 from prompt_banks.store import BankStore
@@ -53,7 +54,14 @@ def class_texts(
     templates = encode_texts(clip, [template_text(c) for c in classnames]).embeddings
     if bank_domain is None:
         return ClassTexts(names=list(classnames), templates=templates)
-    bank, mask = bank_tensor(BankStore(banks_dir(home)), bank_domain, classnames, clip.model_id)
+    store = BankStore(banks_dir(home))
+    bank, mask = bank_tensor(store, bank_domain, classnames, clip.model_id)
+    if bank.shape[-1] != clip.dim:
+        raise UserError(
+            f"bank domain {bank_domain}: the store {store.root} holds {clip.model_id} embeddings "
+            f"of d = {bank.shape[-1]}, the CLIP has d = {clip.dim}; embed the domain again "
+            "(`aape bank embed`) under a fresh --home"
+        )
     return ClassTexts(names=list(classnames), templates=templates, bank=bank, bank_mask=mask)
 
 
@@ -150,9 +158,16 @@ def prepare_task(
     def features(
         split: str, ids: list[str] | None = None, max_view: int | None = None
     ) -> FeatureSet:
-        return load_features(
+        found = load_features(
             home, loaded.model_id, ds.name, split, image_ids=ids, max_view=max_view
         )
+        if found.x.shape[1] != loaded.dim:
+            raise UserError(
+                f"features: {split_dir(home, loaded.model_id, ds.name, split)} holds d = "
+                f"{found.x.shape[1]}, the CLIP {loaded.model_id} has d = {loaded.dim}; delete "
+                "that folder and run `aape features` again"
+            )
+        return found
 
     task = Task(
         name=ds.name,

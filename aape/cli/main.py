@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from aape.cli import bank_generate, bank_store, features, pipeline, simulate, train
+from aape.cli import bank_generate, bank_store, doctor, features, pipeline, simulate, train
 from prompt_banks.errors import UserError
 
 
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.register(sub)
     simulate.register(sub)
     pipeline.register(sub)
+    doctor.register(sub)
     return parser
 
 
@@ -45,6 +46,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Exception as exc:  # a damaged store part behind a decoding error: name it, in one line
+        from aape.doctor import explain_read_failure
+
+        explained = explain_read_failure(exc, getattr(args, "home", None))
+        if explained is None:
+            raise
+        print(f"error: {explained}", file=sys.stderr)
+        return explained.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
