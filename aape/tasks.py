@@ -140,10 +140,9 @@ def prepare_task(
     # Texts first: a missing bank is refused before minutes of image encoding.
     texts = class_texts(loaded, ds.classnames, bank_domain=bank_domain, home=home)
     train = ds.splits.get("train", [])
-    manifest, manifest_file = None, None
+    manifest = None
     if shots is not None and train:
         manifest = fewshot_manifest(train, shots, seed, dataset=ds.name)
-        manifest_file = write_manifest(manifest, home)
         train = _picked(train, [manifest])
     records = train + task_records(ds, shots=None, seeds=[], splits=("val", "test"))
     report = extract_records(
@@ -179,6 +178,8 @@ def prepare_task(
         val=features("val", split_ids("val")) if "val" in ds.splits else None,
         model_id=loaded.model_id,
     )
+    # Written once the task stands: a refused task (a damaged cache, ...) leaves the home as it was.
+    manifest_file = write_manifest(manifest, home) if manifest is not None else None
     return PreparedTask(
         task=task, extraction=report, manifest=manifest, manifest_path=manifest_file
     )
