@@ -137,7 +137,7 @@ def run_record(run: str | Path) -> dict[str, Any]:
     folder = p if p.is_dir() else p.parent
     for name in ("result.json", "metrics.json"):
         if (folder / name).is_file():
-            return read_json(folder / name, "--run")
+            return read_json(folder / name, "--run", "restore it, or train the run again")
     return {}
 
 

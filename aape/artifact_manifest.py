@@ -40,15 +40,15 @@ def write_manifest(folder: Path, names: Iterable[str]) -> Path:
     return path
 
 
-def read_json(path: Path, what: str) -> dict[str, Any]:
-    """A JSON object from `path`, or a one-line UserError naming the file."""
+def read_json(path: Path, what: str, fix: str = REEXPORT) -> dict[str, Any]:
+    """A JSON object from `path`, or a one-line UserError naming the file and the `fix`."""
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         reason = " ".join(str(exc).split())
-        raise UserError(f"{what}: {path} is not valid JSON ({reason}); {REEXPORT}") from exc
+        raise UserError(f"{what}: {path} is not valid JSON ({reason}); {fix}") from exc
     if not isinstance(value, dict):
-        raise UserError(f"{what}: {path} holds a JSON {type(value).__name__}, not an object")
+        raise UserError(f"{what}: {path} holds a JSON {type(value).__name__}, not an object; {fix}")
     return value
 
 
