@@ -219,10 +219,13 @@ def explain_read_failure(exc: BaseException, home: str | Path | None) -> UserErr
     )
     if not decoding:
         return None
-    h = _Home(home)
-    for kind, pattern, table_schema in PARQUET_TABLES:
-        for path in h.glob(pattern):
-            report = deep_check(h.shown(path), table_schema, h.part_fs())
-            if report.problem is not None:
-                return damaged_part_error(h.shown(path), report.problem, kind)
+    try:
+        h = _Home(home)
+        for kind, pattern, table_schema in PARQUET_TABLES:
+            for path in h.glob(pattern):
+                report = deep_check(h.shown(path), table_schema, h.part_fs())
+                if report.problem is not None:
+                    return damaged_part_error(h.shown(path), report.problem, kind)
+    except (OSError, ValueError, UserError):  # a home that cannot be listed: keep the first error
+        return None
     return None

@@ -13,6 +13,7 @@ in a required column, or a vector whose length is not its row's `dim`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,8 +40,11 @@ def _size(path: str, fs: fsspec.AbstractFileSystem | None) -> int:
     return os.stat(path).st_size if fs is None else int(fs.size(path))
 
 
-def _open(path: str, fs: fsspec.AbstractFileSystem | None) -> pq.ParquetFile:
-    return pq.ParquetFile(path) if fs is None else pq.ParquetFile(fs.open(path, "rb"))
+def _metadata(path: str, fs: fsspec.AbstractFileSystem | None) -> pq.FileMetaData:
+    if fs is None:
+        return pq.read_metadata(path)
+    with fs.open(path, "rb") as f:
+        return pq.read_metadata(f)
 
 
 def schema_problem(found: pa.Schema, expected: pa.Schema) -> str | None:
@@ -94,7 +98,7 @@ def footer_problem(
     try:
         if _size(path, fs) == 0:
             return "empty file (0 bytes)"
-        meta = _open(path, fs).metadata
+        meta = _metadata(path, fs)
         found = meta.schema.to_arrow_schema()
     except (OSError, pa.ArrowException) as exc:
         return f"not a readable Parquet file, truncated or overwritten ({_one_line(exc)})"
@@ -135,7 +139,8 @@ def check_parts(
 def bad_vector_rows(table: pa.Table) -> np.ndarray:
     """A bool mask of the rows whose `embedding` holds other than `dim` floats."""
     lengths = pc.list_value_length(table.column("embedding")).fill_null(-1)
-    return np.asarray(pc.not_equal(lengths, table.column("dim").cast(lengths.type)))
+    bad = pc.not_equal(lengths, table.column("dim").cast(lengths.type)).fill_null(True)
+    return np.asarray(bad.to_numpy(zero_copy_only=False), dtype=bool)
 
 
 @dataclass
@@ -168,6 +173,17 @@ def _row_problems(table: pa.Table, expected: pa.Schema) -> tuple[pa.Table, list[
     return table.filter(pa.array(keep)), notes
 
 
+def _readable_groups(pf: pq.ParquetFile, notes: list[str]) -> list[pa.Table]:
+    """The row groups that decode; a note for each that does not."""
+    groups = []
+    for g in range(pf.num_row_groups):
+        try:
+            groups.append(pf.read_row_group(g))
+        except (OSError, pa.ArrowException) as exc:
+            notes.append(f"row group {g} unreadable ({_one_line(exc)})")
+    return groups
+
+
 def deep_check(
     path: str, expected: pa.Schema, fs: fsspec.AbstractFileSystem | None = None
 ) -> PartReport:
@@ -177,27 +193,23 @@ def deep_check(
         if _size(path, fs) == 0:
             report.problem = "empty file (0 bytes)"
             return report
-        pf = _open(path, fs)
-        found = pf.schema_arrow
+        with contextlib.ExitStack() as stack:
+            source = path if fs is None else stack.enter_context(fs.open(path, "rb"))
+            pf = stack.enter_context(pq.ParquetFile(source))
+            report.rows = pf.metadata.num_rows
+            wrong = schema_problem(pf.schema_arrow, expected)
+            groups = _readable_groups(pf, report.notes)
     except (OSError, pa.ArrowException) as exc:
         report.problem = f"not a readable Parquet file, truncated or overwritten ({_one_line(exc)})"
         return report
-    report.rows = pf.metadata.num_rows
-    wrong = schema_problem(found, expected)
-    groups: list[pa.Table] = []
-    for g in range(pf.num_row_groups):
-        try:
-            groups.append(pf.read_row_group(g))
-        except (OSError, pa.ArrowException) as exc:
-            report.notes.append(f"row group {g} unreadable ({_one_line(exc)})")
     if wrong is not None:  # rows of another table are no rows of this one
         report.problem = wrong
         return report
-    table = pa.concat_tables(groups) if groups else expected.empty_table()
-    table = table.select(expected.names).cast(expected)
-    good, notes = _row_problems(table, expected)
+    relaxed = pa.schema([f.with_nullable(True) for f in expected])  # nulls are counted below
+    table = pa.concat_tables(groups) if groups else relaxed.empty_table()
+    good, notes = _row_problems(table.select(expected.names).cast(relaxed), expected)
     report.notes += notes
     if report.notes:
         report.problem = "; ".join(report.notes)
-        report.good = good
+        report.good = good.cast(expected)
     return report

@@ -93,3 +93,15 @@ def test_deep_check_drops_only_the_rows_that_lie(tmp_path: Path) -> None:
     assert report.problem == "1 vectors whose length is not their 'dim'"
     assert report.good.num_rows == 2 and set(report.good.column("dim").to_pylist()) == {4}
     assert [len(v) for v in report.good.column("embedding").to_pylist()] == [4, 4]
+
+
+def test_deep_check_drops_rows_with_an_empty_required_column(tmp_path: Path) -> None:
+    rows = [{**desc_row(f"t{i}", index=i), "created_at": utc_now()} for i in range(3)]
+    relaxed = pa.schema([f.with_nullable(True) for f in schema.DESCRIPTIONS])
+    table = pa.Table.from_pylist(rows, schema=relaxed)
+    status = pa.array(["ok", None, "ok"], pa.string())
+    part = tmp_path / part_name()
+    pq.write_table(table.set_column(table.schema.get_field_index("status"), "status", status), part)
+    report = deep_check(str(part), schema.DESCRIPTIONS)
+    assert report.problem == "1 rows with an empty 'status'"
+    assert report.good.column("row_key").to_pylist() == [rows[0]["row_key"], rows[2]["row_key"]]
