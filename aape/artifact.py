@@ -20,11 +20,12 @@ from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from aape.artifact_manifest import read_json, verify_manifest, write_manifest
+from aape.artifact_manifest import REEXPORT, verify_manifest, write_manifest
 from aape.config import TrainConfig
 from aape.train import TrainResult
 from prompt_banks.clip import CLIPRef
 from prompt_banks.errors import UserError
+from prompt_banks.json_files import read_json
 
 FORMAT = "aape-artifact/1"
 WEIGHTS_NAME = "weights.safetensors"
@@ -105,7 +106,7 @@ def read_artifact(folder: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
             f"--artifact: {p} has no {CONFIG_NAME} + {WEIGHTS_NAME}; make one with `aape export`"
         )
     verify_manifest(p, [CONFIG_NAME, WEIGHTS_NAME])
-    meta = read_json(cfg_path, "--artifact")
+    meta = read_json(cfg_path, "--artifact", REEXPORT)
     if meta.get("format") != FORMAT:
         raise UserError(f"--artifact: {p} is format {meta.get('format')!r}, expected {FORMAT}")
     dim = meta.get("dim")

@@ -13,9 +13,9 @@ import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from prompt_banks.errors import UserError
+from prompt_banks.json_files import read_json
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "aape-artifact-manifest/1"
@@ -40,18 +40,6 @@ def write_manifest(folder: Path, names: Iterable[str]) -> Path:
     return path
 
 
-def read_json(path: Path, what: str, fix: str = REEXPORT) -> dict[str, Any]:
-    """A JSON object from `path`, or a one-line UserError naming the file and the `fix`."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        reason = " ".join(str(exc).split())
-        raise UserError(f"{what}: {path} is not valid JSON ({reason}); {fix}") from exc
-    if not isinstance(value, dict):
-        raise UserError(f"{what}: {path} holds a JSON {type(value).__name__}, not an object; {fix}")
-    return value
-
-
 def verify_manifest(folder: Path, required: Iterable[str]) -> None:
     """Refuse an artifact whose files are not those the manifest lists, byte for byte; the
     `required` files must be among them."""
@@ -61,7 +49,7 @@ def verify_manifest(folder: Path, required: Iterable[str]) -> None:
             f"--artifact: {folder} has no {MANIFEST_NAME} (made by an older aape or by hand); "
             "export it again with `aape export`"
         )
-    manifest = read_json(path, "--artifact")
+    manifest = read_json(path, "--artifact", REEXPORT)
     files = manifest.get("sha256")
     if manifest.get("format") != MANIFEST_FORMAT or not isinstance(files, dict):
         raise UserError(f"--artifact: {path} is not a {MANIFEST_FORMAT} manifest; {REEXPORT}")

@@ -190,3 +190,14 @@ def test_doctor_help_and_a_missing_home(capsys, tmp_path) -> None:
     assert code == 2 and one_line_error(err) == (
         f"--home: {tmp_path / 'nowhere'} does not exist; pass the home to check"
     )
+
+
+def test_a_damaged_run_result_is_one_line_for_report(capsys, tmp_path) -> None:
+    result = tmp_path / "runs" / "few-shot" / "pets" / "aape-1234" / "k1-s1" / "result.json"
+    result.parent.mkdir(parents=True)
+    result.write_text('{"complete": tr')
+    code, _, err = run(capsys, "report", "--runs", tmp_path / "runs")
+    assert code == 2 and one_line_error(err).startswith(f"runs: {result} is not valid JSON (")
+    assert one_line_error(err).endswith(
+        "run `aape doctor --quarantine` to move it aside (the run is then redone)"
+    )
