@@ -4,8 +4,10 @@ part or a size that is not the CLIP's is one line before any training, not a tor
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,7 +18,11 @@ from test_cli_bank import run
 from test_doctor import FIX, one_line_error
 from test_store import emb_row, files_of
 
+from aape.datasets import load_dataset
+from aape.doctor import run_doctor
+from aape.features import extract_features, load_features, split_dir
 from prompt_banks.embed import domain_texts
+from prompt_banks.errors import UserError
 from prompt_banks.importers import import_file
 from prompt_banks.paths import banks_dir
 from prompt_banks.store import BankStore
@@ -99,3 +105,25 @@ def test_a_bank_of_another_size_than_the_clip_is_refused(cached, capsys, tmp_pat
         "--home"
     )
     assert files_of(home) == before
+
+
+def test_a_damaged_feature_part_on_a_url_home(tmp_path: Path, tiny_clip) -> None:
+    home = f"memory://aape-test-{uuid.uuid4().hex}/home"
+    dataset = load_dataset("folder", image_folder(tmp_path / "data", CLASSES, {"test": 2}))
+    extract_features(dataset, tiny_clip, home, n_views=0, progress=False)
+    folder = split_dir(home, tiny_clip.model_id, dataset.name, "test")
+    fs, path = fsspec.core.url_to_fs(folder)
+    (part,) = fs.glob(f"{path}/part-*.parquet")
+    with fs.open(part, "wb") as f:
+        f.write(b"")
+    with pytest.raises(UserError) as err:
+        load_features(home, tiny_clip.model_id, dataset.name, "test")
+    assert str(err.value).startswith(
+        f"features: damaged part {fs.unstrip_protocol(part)}: empty file (0 bytes); "
+    )
+    report = run_doctor(home, quarantine=True)
+    assert [f.kind for f in report.findings] == ["feature cache"] and not report.remaining
+    (moved,) = fs.glob(f"{home}/quarantine/*/features/*/*/test/part-*.parquet")
+    assert moved.endswith(part.rsplit("/", 1)[1]) and not fs.exists(part)
+    with pytest.raises(UserError, match="none cached"):
+        load_features(home, tiny_clip.model_id, dataset.name, "test")
