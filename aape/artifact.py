@@ -46,7 +46,8 @@ def export_artifact(
     metrics: dict[str, Any] | None = None,
     extra_bank_means: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write the artifact of a trained AAPE to `out_dir` (replaced atomically).
+    """Write the artifact of a trained AAPE to `out_dir` (replaced atomically). `metrics`
+    default to those the run recorded beside its checkpoint (`run_record`).
 
     `extra_bank_means` adds mean bank embeddings of classes beyond the training ones (new classes
     to be predicted later; made ahead of time from their banks)."""
@@ -78,7 +79,7 @@ def export_artifact(
         "config": result.config.model_dump(),
         "training_classes": result.class_names,
         "bank_mean_classes": bank_classes,
-        "metrics": metrics or {},
+        "metrics": _metrics_of(result) if metrics is None else metrics,
         "health": result.health,
         "created_at": datetime.now(UTC).isoformat(),
     }
@@ -129,6 +130,11 @@ def _reason(exc: Exception) -> str:
         err = exc.errors()[0]
         return f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}"
     return " ".join(str(exc).split())
+
+
+def _metrics_of(result: TrainResult) -> dict[str, Any]:
+    """The test metrics recorded beside the run's checkpoint (none for a run without one)."""
+    return {} if result.checkpoint is None else record_metrics(run_record(result.checkpoint))
 
 
 def run_record(run: str | Path) -> dict[str, Any]:

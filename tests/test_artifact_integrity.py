@@ -13,9 +13,11 @@ from test_cli_bank import run
 from test_doctor import one_line_error
 from test_store import files_of
 
+from aape.artifact import export_artifact
 from aape.artifact_manifest import MANIFEST_NAME, sha256_file, write_manifest
 from aape.byof import write_task
 from aape.synthetic import make_task
+from aape.train import load_checkpoint
 
 FAST = ["--set", "recipe=adamw", "--set", "epochs=2", "--quiet"]
 REEXPORT = "export it again with `aape export` instead of editing it"
@@ -71,6 +73,9 @@ def test_metrics_of_an_eval_run_come_from_its_result_json(features, capsys, tmp_
     assert metrics and metrics["acc1"] == result.get(
         "acc1", (result.get("metrics") or {}).get("acc1")
     )
+    # The library fills them too when no metrics are passed.
+    library = export_artifact(load_checkpoint(checkpoint), tmp_path / "art2")
+    assert json.loads((library / "config.json").read_text())["metrics"] == metrics
 
 
 def _edit_config(art: Path) -> None:
