@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import fsspec
@@ -28,6 +29,7 @@ from prompt_banks.errors import UserError
 
 FIX = "run `aape doctor --quarantine` on this home to move it aside (its readable rows are kept)"
 
+FOOTER_THREADS = 8
 # (path, size) -> the footer check's verdict (None: sound). Parts never change once published.
 _VERDICTS: dict[tuple[str, int], str | None] = {}
 
@@ -122,17 +124,24 @@ def check_parts(
     what: str,
 ) -> list[str]:
     """`paths` back when every part passes the footer check, else a UserError naming the first
-    bad one and the fix. Each (path, size) is checked once per process."""
+    bad one and the fix. Each (path, size) is checked once per process; footers not seen yet are
+    read by a few threads at once (on an object store each is a round trip)."""
+    keys = []
     for path in paths:
         try:
-            key = (path, _size(path, fs))
+            keys.append((path, _size(path, fs)))
         except OSError as exc:
             reason = f"cannot be read ({_one_line(exc)})"
             raise damaged_part_error(shown(path, fs), reason, what) from exc
-        if key not in _VERDICTS:
-            _VERDICTS[key] = footer_problem(path, expected, fs)
-        if _VERDICTS[key] is not None:
-            raise damaged_part_error(shown(path, fs), str(_VERDICTS[key]), what)
+    todo = [key for key in dict.fromkeys(keys) if key not in _VERDICTS]
+    if todo:
+        with ThreadPoolExecutor(max_workers=min(FOOTER_THREADS, len(todo))) as pool:
+            found = list(pool.map(lambda key: footer_problem(key[0], expected, fs), todo))
+        _VERDICTS.update(zip(todo, found, strict=True))
+    for path, size in keys:
+        problem = _VERDICTS[(path, size)]
+        if problem is not None:
+            raise damaged_part_error(shown(path, fs), problem, what)
     return list(paths)
 
 

@@ -134,7 +134,8 @@ def test_doctor_reports_then_quarantines_and_salvages(bank_home, capsys) -> None
         kept = {r[0] for r in con.execute("SELECT row_key FROM descriptions").fetchall()}
     assert {rows[i]["row_key"] for i in (0, 1, 4, 5)} <= kept
     assert list_domains(store) == {"pets": domains["pets"] + 4}
-    assert run(capsys, "doctor", "--home", bank_home)[0] == 0  # nothing left
+    code, out, _ = run(capsys, "doctor", "--home", bank_home, "--json")
+    assert code == 0 and json.loads(out)["remaining"] == 0 and json.loads(out)["checked"] == 2
     assert run(capsys, "bank", "stats", "--domain", "pets", "--home", bank_home)[0] == 0
 
 
