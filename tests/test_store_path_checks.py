@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from damage import DAMAGES, REASONS
+from damage import DAMAGES, REASONS, corrupt_row_group
 from fake_images import image_folder
 from test_cli_bank import run
 from test_doctor import FIX, one_line_error
@@ -127,3 +127,15 @@ def test_a_damaged_feature_part_on_a_url_home(tmp_path: Path, tiny_clip) -> None
     assert moved.endswith(part.rsplit("/", 1)[1]) and not fs.exists(part)
     with pytest.raises(UserError, match="none cached"):
         load_features(home, tiny_clip.model_id, dataset.name, "test")
+
+
+def test_a_feature_part_whose_pages_are_damaged_is_named(cached, capsys) -> None:
+    data, home = cached
+    (part,) = _parts(home, "test")
+    corrupt_row_group(part, 0)  # the footer stays sound: only the read can tell
+    before = files_of(home)
+    code, _, err = run(capsys, *_train(data, home, "--set", "method=linear_probe"))
+    assert code == 2 and one_line_error(err).startswith(
+        f"feature cache: damaged part {part}: row group 0 unreadable"
+    )
+    assert files_of(home) == before
