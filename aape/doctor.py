@@ -25,7 +25,7 @@ import fsspec
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from aape.artifact import CONFIG_NAME, read_artifact
+from aape.artifact import read_artifact
 from aape.features import FEATURES
 from aape.fewshot import FewShotManifest
 from prompt_banks import schema
@@ -100,6 +100,10 @@ class _Home:
     def part_fs(self) -> fsspec.AbstractFileSystem | None:
         return self.fs if self.is_url else None
 
+    def artifact_folders(self) -> list[str]:
+        """The folders under artifacts/ (only ever written to a local home)."""
+        return [] if self.is_url else [p for p in self.glob("artifacts/*") if self.fs.isdir(p)]
+
     def relative(self, path: str) -> str:
         return path[len(self.root) :].lstrip("/")
 
@@ -167,10 +171,7 @@ def _file_findings(home: _Home) -> Iterator[tuple[str, str, str]]:
             problem = _json_problem(path, home.fs, check)
             if problem:
                 yield kind, path, problem
-    if home.is_url:
-        return
-    for config in home.glob(f"artifacts/*/{CONFIG_NAME}"):
-        folder = config.rsplit("/", 1)[0]
+    for folder in home.artifact_folders():
         try:
             read_artifact(folder)
         except UserError as exc:
@@ -180,8 +181,8 @@ def _file_findings(home: _Home) -> Iterator[tuple[str, str, str]]:
 def _count(home: _Home) -> int:
     patterns = [p for _, p, _ in PARQUET_TABLES] + ["fewshot/*/*.json"]
     if not home.is_url:
-        patterns += ["runs/**/result.json", "runs/**/metrics.json", f"artifacts/*/{CONFIG_NAME}"]
-    return sum(len(home.glob(p)) for p in patterns)
+        patterns += ["runs/**/result.json", "runs/**/metrics.json"]
+    return sum(len(home.glob(p)) for p in patterns) + len(home.artifact_folders())
 
 
 def run_doctor(home: str | Path | None, *, quarantine: bool = False) -> DoctorReport:
