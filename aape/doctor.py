@@ -117,7 +117,8 @@ class _Home:
 
 def _parquet_findings(home: _Home, quarantine: Callable[[], str] | None) -> Iterator[Finding]:
     for kind, pattern, table_schema in PARQUET_TABLES:
-        for path in tqdm(home.glob(pattern), desc=f"doctor {kind}", unit="part", leave=False):
+        paths = home.glob(pattern)
+        for path in tqdm(paths, desc=f"doctor {kind}", unit="part", leave=False, disable=not paths):
             report = deep_check(home.shown(path), table_schema, home.part_fs())
             if report.problem is None:
                 continue
