@@ -75,7 +75,13 @@ class AAPEClassifier:
         cfg = TrainConfig(**meta["config"])
         model = AAPE(int(meta["dim"]), cfg)
         weights = {k: v for k, v in tensors.items() if k != BANK_MEANS_KEY}
-        missing = model.load_state_dict(weights, strict=False).missing_keys
+        try:
+            missing = model.load_state_dict(weights, strict=False).missing_keys
+        except RuntimeError as exc:  # shapes that are not those of d and the switches
+            raise UserError(
+                f"--artifact: {folder} holds weights that do not fit its config.json "
+                f"(dim {meta['dim']}); export it again with `aape export`"
+            ) from exc
         if missing:
             raise UserError(f"--artifact: {folder} lacks weights {', '.join(missing[:3])}")
         means = tensors.get(BANK_MEANS_KEY)
