@@ -107,7 +107,8 @@ class Task:
     test: FeatureSet
     val: FeatureSet | None = None
     model_id: str = ""  # CLIP model id that produced every embedding here
-    # Where the inputs came from (bank snapshot, few-shot manifest): see `aape.lineage`.
+    # What the task was built from, for the run record (images used per split, shots policy,
+    # bank snapshot, few-shot manifest; see `aape.lineage`)
     provenance: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

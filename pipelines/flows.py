@@ -1,5 +1,6 @@
 """Every flow, importable from one place (the entrypoints of infra/prefect/prefect.yaml)."""
 
+from pipelines.bank_quality import bank_quality
 from pipelines.build_domain import build_domain
 from pipelines.compact import compact_stores
 from pipelines.embed import embed_bank
@@ -9,6 +10,7 @@ from pipelines.generate import generate_descriptions
 from pipelines.train import train
 
 __all__ = [
+    "bank_quality",
     "build_domain",
     "compact_stores",
     "embed_bank",

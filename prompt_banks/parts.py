@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import fsspec
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from prompt_banks.paths import is_url
@@ -99,10 +100,13 @@ def describe(path: str, fs: fsspec.AbstractFileSystem | None) -> Part:
     """A Part for one published path; a writer's part is one origin (itself) of unknown size."""
     url = path if fs is None else fs.unstrip_protocol(path)
     name = part_basename(path)
-    if not name.endswith(MERGED_SUFFIX):
-        return Part(path, url, ((name, -1),), frozenset())
-    origins, replaces = _merged_meta(path, _protocol(fs))
-    return Part(path, url, origins, replaces)
+    if name.endswith(MERGED_SUFFIX):
+        try:
+            origins, replaces = _merged_meta(path, _protocol(fs))
+            return Part(path, url, origins, replaces)
+        except (OSError, ValueError, pa.ArrowException):
+            pass  # damaged: read as a part of its own, which the footer check names
+    return Part(path, url, ((name, -1),), frozenset())
 
 
 def live_parts(folder: Path | str) -> tuple[list[Part], fsspec.AbstractFileSystem | None]:

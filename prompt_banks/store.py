@@ -33,6 +33,7 @@ import pyarrow as pa
 from prompt_banks import schema
 from prompt_banks.atomic import publish_part
 from prompt_banks.errors import UserError
+from prompt_banks.integrity import check_parts
 from prompt_banks.parts import Part, live_parts
 from prompt_banks.paths import banks_dir, is_url
 
@@ -164,7 +165,9 @@ class BankStore:
             ("descriptions", self.descriptions_dir, schema.DESCRIPTIONS, "row_key"),
             ("embeddings", self.embeddings_dir, schema.EMBEDDINGS, "text_hash, model_id"),
         ):
-            self._table_views(con, name, self._parts(folder), table_schema)
+            parts = self._parts(folder)
+            check_parts([p.url for p in parts], table_schema, self._fs, what="store")
+            self._table_views(con, name, parts, table_schema)
             con.execute(
                 f"CREATE VIEW {name} AS SELECT * FROM {name}_all "
                 f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY created_at DESC) = 1"
