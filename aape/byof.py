@@ -392,7 +392,7 @@ def load_task(
     templates = _embeddings(classes, classes_path, d)[torch.from_numpy(order)]
     x = _embeddings(images, images_path, d)
     splits = _feature_sets(images, x, images_path, c)
-    provenance: dict[str, Any] = {"bank": None}
+    provenance: dict[str, Any] = {}
     if bank_domain is not None:
         bank, mask, snap = _bank_from_store(
             bank_store, bank_domain, names, meta["model_id"], d, bank_snapshot
@@ -475,10 +475,13 @@ def _bank_from_store(
     from prompt_banks.store import BankStore
 
     bank_store = store if isinstance(store, BankStore) else BankStore(store)
-    bank, mask, snap = pinned_bank(bank_store, domain, names, model_id, snapshot_id)
-    if bank.shape[-1] != d:
-        raise UserError(
-            f"bank domain {domain}: model {model_id} has d = {bank.shape[-1]} in the store "
-            f"{bank_store.root}, meta.json says d = {d}"
-        )
+
+    def same_size(bank: torch.Tensor) -> None:
+        if bank.shape[-1] != d:
+            raise UserError(
+                f"bank domain {domain}: model {model_id} has d = {bank.shape[-1]} in the store "
+                f"{bank_store.root}, meta.json says d = {d}"
+            )
+
+    bank, mask, snap = pinned_bank(bank_store, domain, names, model_id, snapshot_id, same_size)
     return torch.nn.functional.normalize(bank, dim=-1) * mask.unsqueeze(-1), mask, snap

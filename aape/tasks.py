@@ -78,13 +78,18 @@ def class_texts(
             raise UserError("--bank-snapshot: pins a bank; pass --bank-domain too")
         return ClassTexts(names=list(classnames), templates=templates), None
     store = BankStore(banks_dir(home))
-    bank, mask, snap = pinned_bank(store, bank_domain, classnames, clip.model_id, bank_snapshot)
-    if bank.shape[-1] != clip.dim:
-        raise UserError(
-            f"bank domain {bank_domain}: the store {store.root} holds {clip.model_id} embeddings "
-            f"of d = {bank.shape[-1]}, the CLIP has d = {clip.dim}; embed the domain again "
-            "(`aape bank embed`) under a fresh --home"
-        )
+
+    def same_size(bank: torch.Tensor) -> None:
+        if bank.shape[-1] != clip.dim:
+            raise UserError(
+                f"bank domain {bank_domain}: the store {store.root} holds {clip.model_id} "
+                f"embeddings of d = {bank.shape[-1]}, the CLIP has d = {clip.dim}; embed the "
+                "domain again (`aape bank embed`) under a fresh --home"
+            )
+
+    bank, mask, snap = pinned_bank(
+        store, bank_domain, classnames, clip.model_id, bank_snapshot, same_size
+    )
     texts = ClassTexts(names=list(classnames), templates=templates, bank=bank, bank_mask=mask)
     return texts, snap
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -384,17 +384,21 @@ def pinned_bank(
     classes: Sequence[str],
     model_id: str,
     snapshot_id: str | None = None,
+    check: Callable[[torch.Tensor], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, Snapshot]:
     """`queries.bank_tensor` read from one snapshot: `snapshot_id`'s (see `resolve`), or the
-    store's current one, recorded. Returns (emb, mask, snapshot)."""
+    store's current one, recorded once the bank passed `check` (a refused bank leaves the store
+    as it was). Returns (emb, mask, snapshot)."""
     from prompt_banks.queries import bank_tensor  # torch: only where a bank is trained on
 
     if snapshot_id is None:
-        snap = take(store, domain, model_id)
+        snap = current(store, domain, model_id)
     else:
         snap = resolve(store, snapshot_id, domain, model_id)
     emb, mask = bank_tensor(store.at(snap), domain, classes, model_id)
-    return emb, mask, snap
+    if check is not None:
+        check(emb)
+    return emb, mask, (register(store, snap) if snapshot_id is None else snap)
 
 
 def bank_identity(store: BankStore, domain: str, snapshot_id: str | None = None) -> dict[str, str]:

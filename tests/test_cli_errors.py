@@ -120,6 +120,12 @@ CASES: dict[str, list[Case]] = {
         lambda c: ["bank", "report", "--features-dir", str(c["sim"]), "--run", str(c["missing"])],
     ],
     "bank compare": [lambda c: ["bank", "compare", "--banks", "one", "--dataset", "x"]],
+    "bank history": [lambda c: ["bank", "history", "--domain", "nothing-here"]],
+    "bank diff": [
+        lambda c: ["bank", "diff", "--domain", "d", "abc", "abcdef"],
+        lambda c: ["bank", "diff", "--domain", "d", "abcdef01", "abcdef02"],
+    ],
+    "bank compact": [lambda c: ["bank", "compact", "--grace", "-1"]],
     "doctor": [lambda c: ["doctor", "--home", str(c["missing"])]],
     "demo": [lambda c: ["demo", "--home", _under_file(c)]],  # its own --home
     "build-domain": [lambda c: ["build-domain", "--spec", str(c["missing"]), "--dataset", "x"]],
