@@ -1,4 +1,5 @@
-"""Aggregate run JSONs into tables (Markdown + CSV, mean and std over seeds) and PNG plots."""
+"""Aggregate run JSONs into tables (Markdown + CSV, mean and std over seeds) and PNG plots, and
+export them as CLIP_benchmark result JSONs (`<out>/clip_benchmark/`, for `clip_benchmark build`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from aape.clip_benchmark_export import EXPORT_DIR, write_clip_benchmark
 from aape.evaluate import average_row
 from aape.protocols import RESULT_NAME
 from prompt_banks.atomic import atomic_path, write_text_atomic
@@ -222,7 +224,8 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def write_report(runs_root: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
-    """report.md, results.csv and PNG plots for every complete run under `runs_root`."""
+    """report.md, results.csv, PNG plots and CLIP_benchmark JSONs (`clip_benchmark/`) for every
+    complete run under `runs_root`."""
     out = Path(out_dir) if out_dir is not None else Path(runs_root) / "report"
     records = load_records(runs_root)
     rows = aggregate(records)
@@ -231,4 +234,5 @@ def write_report(runs_root: str | Path, out_dir: str | Path | None = None) -> di
     out.mkdir(parents=True, exist_ok=True)
     for key, text in (("markdown", markdown(rows, plots)), ("csv", to_csv(rows))):
         write_text_atomic(text, paths[key])
-    return {**paths, **{p.stem: p for p in plots}}
+    write_clip_benchmark(records, out / EXPORT_DIR)
+    return {**paths, "clip_benchmark": out / EXPORT_DIR, **{p.stem: p for p in plots}}

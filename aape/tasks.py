@@ -17,13 +17,14 @@ from pathlib import Path
 
 import torch
 
-from aape.data import ClassTexts, FeatureSet, Task
+from aape.data import BankId, ClassTexts, FeatureSet, Task
 from aape.datasets import SPLITS, Dataset, ImageRecord, load_dataset
 from aape.datasets.base import DEFAULT_VIEWS
 from aape.features import ExtractReport, extract_records, load_features
 from aape.fewshot import FewShotManifest, fewshot_manifest, write_manifest
 from prompt_banks.clip import CLIPRef, LoadedCLIP, load_clip
 from prompt_banks.embed import encode_texts, template_text
+from prompt_banks.fingerprint import bank_fingerprint
 from prompt_banks.paths import banks_dir
 from prompt_banks.queries import bank_tensor
 from prompt_banks.store import BankStore
@@ -53,8 +54,12 @@ def class_texts(
     templates = encode_texts(clip, [template_text(c) for c in classnames]).embeddings
     if bank_domain is None:
         return ClassTexts(names=list(classnames), templates=templates)
-    bank, mask = bank_tensor(BankStore(banks_dir(home)), bank_domain, classnames, clip.model_id)
-    return ClassTexts(names=list(classnames), templates=templates, bank=bank, bank_mask=mask)
+    store = BankStore(banks_dir(home))
+    bank, mask = bank_tensor(store, bank_domain, classnames, clip.model_id)
+    bank_id = BankId(bank_domain, bank_fingerprint(store, bank_domain, classnames, clip.model_id))
+    return ClassTexts(
+        names=list(classnames), templates=templates, bank=bank, bank_mask=mask, bank_id=bank_id
+    )
 
 
 def _empty(dim: int) -> FeatureSet:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from aape.baselines import Classifier, LinearProbe, TextClassifier, train_linear_probe
+from aape.baselines import Classifier, TextClassifier, train_linear_probe
 from aape.config import TrainConfig
 from aape.data import ClassTexts, FeatureSet, Task
 from aape.model import AAPE, class_embeddings
@@ -58,6 +58,7 @@ class TrainResult:
     bank_means: torch.Tensor | None = None  # [C, d] of the training classes, when a bank exists
     history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
     health: dict[str, float] = field(default_factory=dict)  # teacher_acc, student_acc, ...
+    probe: dict[str, Any] | None = None  # linear probe: the C swept, the scores, the C chosen
     train_seconds: float = 0.0
     epochs_done: int = 0
     checkpoint: Path | None = None
@@ -183,11 +184,12 @@ def train(
         return TrainResult(cfg, TextClassifier(kind, cfg.tau), bank_means=bank_means, **base)
     if cfg.method == "linear_probe":
         start = time.perf_counter()
-        probe: LinearProbe = train_linear_probe(task.train, task.texts, cfg)
+        probe, sweep = train_linear_probe(task.train, task.texts, cfg, val=task.val)
         return TrainResult(
             cfg,
             probe,
             bank_means=bank_means,
+            probe=sweep or None,
             train_seconds=time.perf_counter() - start,
             epochs_done=cfg.epochs or 0,
             **base,
