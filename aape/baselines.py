@@ -135,8 +135,9 @@ def _scorer(
 
 def sweep_c(score: Callable[[float], float], grid: tuple[float, ...], refine: int) -> dict:
     """The C of best score: `grid` first, then `refine` rounds that try the log10 midpoints
-    between the best C and its nearest tried neighbours. Ties go to the smaller C (stronger
-    regularisation). Returns {"C", "tried": [[C, score], ...] in the order tried}."""
+    between the best C and its nearest tried neighbours. Several C with the best score (a
+    plateau, common with few validation images): the middle one of them. Returns
+    {"C", "tried": [[C, score], ...] in the order tried}."""
     tried: dict[float, float] = {}
 
     def trial(c: float) -> None:
@@ -161,7 +162,8 @@ def _best(tried: dict[float, float]) -> float:
         cs = sorted(tried)
         return cs[len(cs) // 2]
     top = max(ok.values())
-    return min(c for c, s in ok.items() if s == top)
+    plateau = sorted(c for c, s in ok.items() if s == top)
+    return plateau[(len(plateau) - 1) // 2]
 
 
 def _lbfgs_probe(
@@ -173,9 +175,14 @@ def _lbfgs_probe(
             "method linear_probe: the training images cover fewer than 2 classes; "
             "check the dataset and shots"
         )
-    score, selected_on = _scorer(x, y, val, cfg)
-    sweep = sweep_c(score, cfg.probe_c_grid, cfg.probe_refine_steps)
-    clf = _fit_lr(x, y, sweep["C"], cfg)
+    from threadpoolctl import threadpool_limits
+
+    # BLAS threads as many as torch's: the default (every core) oversubscribes a shared host
+    # and is 10x slower there on these small problems.
+    with threadpool_limits(limits=torch.get_num_threads()):
+        score, selected_on = _scorer(x, y, val, cfg)
+        sweep = sweep_c(score, cfg.probe_c_grid, cfg.probe_refine_steps)
+        clf = _fit_lr(x, y, sweep["C"], cfg)
     probe = LinearProbe(train.dim, texts.names)
     with torch.no_grad():  # classes without a training image can never win
         probe.linear.weight.zero_()
