@@ -47,7 +47,7 @@ def test_export_has_clip_benchmarks_shape_and_units(tmp_path: Path) -> None:
     docs = [d for r in records for d in to_clip_benchmark(r)]
     assert len(docs) == 8 + 2 + 2  # few-shot 2 methods x 2 K x 2 seeds; base + new; source + tgt
     for doc in docs:
-        assert CB_KEYS <= set(doc) and set(real["metrics"]) <= set(doc["metrics"])
+        assert set(doc) >= CB_KEYS and set(real["metrics"]) <= set(doc["metrics"])
         assert all(type(doc[k]) is type(real[k]) for k in CB_KEYS)
         acc = [v for k, v in doc["metrics"].items() if k in real["metrics"] and v is not None]
         assert acc and all(0.0 <= v <= 1.0 for v in acc)  # fractions, as CLIP_benchmark writes
