@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationErro
 from prompt_banks.errors import UserError
 
 Method = Literal["aape", "zeroshot", "cupl", "linear_probe"]
+BANK_METHODS = ("aape", "cupl")  # the methods that read the prompt bank P_c
 AggregatorKind = Literal["attention", "mlp", "mean", "random"]
 ClassEmbed = Literal["template", "bank_mean", "both"]
 Recipe = Literal["coop_sgd", "adamw"]

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aape.config import TrainConfig
+from aape.config import BANK_METHODS, TrainConfig
 from aape.data import ClassTexts, Task
 from aape.evaluate import base_new_classes, evaluate, harmonic_mean, subset_task
 from aape.train import TrainResult, train
@@ -84,19 +84,19 @@ def inputs_of(task: Task, **extra: Any) -> RunInputs:
 
 
 def run_identity(cfg: TrainConfig, inputs: RunInputs) -> dict[str, Any]:
-    """Everything that determines a run besides K and the seed. The one definition: folders,
-    records and anything that plans runs ahead use it."""
+    """Everything that determines a run besides K and the seed (the bank only for the methods
+    that read it). The one definition: folders, records and anything that plans runs ahead."""
     return {
         "config": cfg.model_dump(exclude=NOT_IDENTITY),
         "model_id": inputs.model_id,
-        "bank": inputs.bank,
+        "bank": inputs.bank if cfg.method in BANK_METHODS else None,
         **inputs.extra,
     }
 
 
 def config_dir_name(cfg: TrainConfig, inputs: RunInputs) -> str:
-    """Method tag, `@<bank domain>` when there is one, and a hash of `run_identity`."""
-    bank = inputs.bank
+    """Method tag, `@<bank domain>` when it reads one, and a hash of `run_identity`."""
+    bank = run_identity(cfg, inputs)["bank"]
     label = f"@{_SLUG.sub('_', bank['domain'])}" if bank and bank.get("domain") else ""
     return f"{cfg.tag()}{label}-{stable_hash(run_identity(cfg, inputs))[:8]}"
 
@@ -149,8 +149,8 @@ def _record(
             "shots": shots,
             "seed": seed,
             "model_id": task.model_id,
-            "bank": inputs.bank,
             "identity": run_identity(result.config, inputs),
+            "bank": run_identity(result.config, inputs)["bank"],
             "class_names": task.texts.names,
             "config": result.config.model_dump(),
             "health": result.health,

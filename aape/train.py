@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from aape.baselines import Classifier, TextClassifier, train_linear_probe
-from aape.config import TrainConfig
+from aape.config import BANK_METHODS, TrainConfig
 from aape.data import ClassTexts, FeatureSet, Task
 from aape.model import AAPE, class_embeddings
 from aape.updates import Updates, flush_denormals, training_threads
@@ -145,7 +145,7 @@ def _save_atomic(obj: dict[str, Any], path: Path) -> None:
 def _check_task(task: Task, cfg: TrainConfig) -> None:
     if len(task.train.labels) == 0:
         raise UserError(f"task {task.name}: the training split is empty; check the dataset/shots")
-    needs_bank = cfg.method in ("aape", "cupl")  # the aggregator (training) needs P_c
+    needs_bank = cfg.method in BANK_METHODS  # the aggregator (training) needs P_c
     if needs_bank and task.texts.bank is None:
         raise UserError(
             f"task {task.name}: method {cfg.method} needs a prompt bank; pass --bank-domain "
