@@ -34,6 +34,22 @@ class Classifier(Protocol):
     def logits(self, x: torch.Tensor, texts: ClassTexts) -> torch.Tensor: ...
 
 
+# `aape eval --baselines` names: each is the main config with these fields changed.
+BASELINES: dict[str, dict[str, Any]] = {
+    "zeroshot": {"method": "zeroshot"},
+    "cupl": {"method": "cupl"},
+    "linear_probe": {"method": "linear_probe", "probe_solver": "lbfgs"},
+    "linear_probe_adamw": {"method": "linear_probe", "probe_solver": "adamw"},
+}
+
+
+def baseline_config(cfg: TrainConfig, name: str) -> TrainConfig:
+    """`cfg` turned into the baseline `name`, or a UserError listing the names."""
+    if name not in BASELINES:
+        raise UserError(f"--baselines: '{name}' is not one of {', '.join(BASELINES)}")
+    return cfg.model_copy(update=BASELINES[name])
+
+
 class TextClassifier:
     """Zero-shot CLIP (`template`: "a photo of a {c}.") or CuPL (`bank_mean`): x . w_c / tau."""
 
@@ -108,6 +124,8 @@ def _fit_lr(x: np.ndarray, y: np.ndarray, c: float, cfg: TrainConfig) -> Any:
 
     with warnings.catch_warnings():  # a tiny C or a separable few-shot set may stop at max_iter
         warnings.simplefilter("ignore", category=ConvergenceWarning)
+        # 1 shot: as many classes as images, which scikit-learn takes for a regression target
+        warnings.filterwarnings("ignore", message="The number of unique classes is greater")
         return LogisticRegression(C=c, max_iter=cfg.probe_max_iter, random_state=cfg.seed).fit(x, y)
 
 

@@ -111,6 +111,11 @@ def test_a_config_given_twice_runs_once(
     out = capsys.readouterr().out
     assert out.count(" cupl k=1 seed=1") == 1 and out.count(" zeroshot k=1 seed=1") == 1
     assert len(_results(home)) == 2
+    assert _eval(home, feats, "bank", "--baselines", "zeroshot,lp") == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "error: --baselines: 'lp' is not one of zeroshot, cupl, linear_probe, linear_probe_adamw\n"
+    )
 
 
 def test_identity_parts() -> None:

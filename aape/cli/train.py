@@ -167,12 +167,13 @@ def _target_factories(args: argparse.Namespace, cfg: TrainConfig) -> dict[str, C
 
 def handle_eval(args: argparse.Namespace) -> int:
     from aape import protocols
+    from aape.baselines import baseline_config
     from aape.report import write_report
 
     cfg = _config(args)
     cfgs = [cfg] if args.no_lambda0 else protocols.with_lambda0(cfg)
     for extra in args.baselines.split(",") if args.baselines else []:
-        cfgs.append(cfg.model_copy(update={"method": extra.strip()}))
+        cfgs.append(baseline_config(cfg, extra.strip()))
     name, make = _task_factory(args)
     root = Path(args.out) if args.out else runs_dir(args.home)
     seeds = list(args.seeds)
@@ -320,7 +321,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--baselines",
         default="zeroshot,cupl",
-        help="also run these methods (zeroshot,cupl,linear_probe); '' for none",
+        help="also run these baselines (zeroshot,cupl,linear_probe,linear_probe_adamw); "
+        "'' for none",
     )
     p.add_argument("--no-lambda0", action="store_true", help="skip the lambda=0 companion run")
     p.add_argument("--out", help="runs root (default: $AAPE_HOME/runs)")
