@@ -87,15 +87,20 @@ def dataset_key(data: dict[str, Any], dataset: str, path: Path, what: str) -> st
     )
 
 
-def class_names(data: Any, dataset: str, path: Path) -> list[str]:
-    """One dataset's class list from a class-name file, in its order (repeats kept)."""
+def _entry(data: Any, dataset: str, path: Path, what: str, layout: str) -> tuple[str, list[str]]:
+    """(key, list) of `dataset` in a `{dataset: [str, ...]}` file holding `what`."""
     lists = _string_lists(data)
     if lists is None:
-        raise UserError(f'{path}: expected CLIP_benchmark class names {{"dataset": ["name", ...]}}')
-    key = dataset_key(lists, dataset, path, "class names")
-    names = lists[key]
-    if not names:
-        raise UserError(f"{path}[{key}]: holds no class names")
+        raise UserError(f"{path}: expected CLIP_benchmark {what} {layout}")
+    key = dataset_key(lists, dataset, path, what)
+    if not lists[key]:
+        raise UserError(f"{path}[{key}]: holds no {what}")
+    return key, lists[key]
+
+
+def class_names(data: Any, dataset: str, path: Path) -> list[str]:
+    """One dataset's class list from a class-name file, in its order (repeats kept)."""
+    key, names = _entry(data, dataset, path, "class names", '{"dataset": ["name", ...]}')
     for i, name in enumerate(names):
         if not name.strip():
             raise UserError(
@@ -107,13 +112,7 @@ def class_names(data: Any, dataset: str, path: Path) -> list[str]:
 
 def templates(data: Any, dataset: str, path: Path) -> tuple[str, list[str]]:
     """(dataset key, its templates) from a template file; each template must hold "{c}"."""
-    lists = _string_lists(data)
-    if lists is None:
-        raise UserError(f'{path}: expected CLIP_benchmark templates {{"dataset": ["... {{c}}"]}}')
-    key = dataset_key(lists, dataset, path, "templates")
-    found = lists[key]
-    if not found:
-        raise UserError(f"{path}[{key}]: holds no templates")
+    key, found = _entry(data, dataset, path, "templates", '{"dataset": ["... {c}", ...]}')
     for t in found:
         if PLACEHOLDER not in t:
             raise UserError(

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from aape_threads import one_torch_thread  # noqa: F401  (autouse fixture)
+from test_store import emb_row
 
 from aape import byof
 from aape import simulation as sim
@@ -19,7 +19,6 @@ from aape.protocols import RESULT_NAME, RunInputs, config_dir_name, inputs_of, u
 from aape.synthetic import make_task
 from prompt_banks.importers import import_file
 from prompt_banks.paths import banks_dir
-from prompt_banks.schema import text_hash
 from prompt_banks.store import BankStore
 
 
@@ -37,22 +36,10 @@ def _bank(home: Path, domain: str, task: Task, texts: dict[str, list[str]], seed
     f = home / f"{domain}.json"
     f.write_text(json.dumps(texts))
     import_file(store, f, domain=domain, fmt="cupl")
-    gen = torch.Generator().manual_seed(seed)
+    flat = [t for ts in texts.values() for t in ts]
+    dim = task.texts.dim
     store.append_embeddings(
-        [
-            {
-                "text_hash": text_hash(t),
-                "model_id": task.model_id,
-                "dim": task.texts.dim,
-                "embedding": torch.nn.functional.normalize(
-                    torch.randn(task.texts.dim, generator=gen), dim=0
-                ).tolist(),
-                "n_tokens": 9,
-                "truncated": False,
-            }
-            for ts in texts.values()
-            for t in ts
-        ]
+        [emb_row(t, task.model_id, dim, 100 * seed + i) for i, t in enumerate(flat)]
     )
 
 
