@@ -63,7 +63,9 @@ VARIANTS = {
     for v in (
         Variant("zeroshot", "zero-shot template", {"method": "zeroshot"}),
         Variant("cupl", "CuPL ensemble", {"method": "cupl"}),
-        Variant("linear_probe", "linear probe", {"method": "linear_probe"}),
+        Variant(
+            "linear_probe", "linear probe", {"method": "linear_probe", "probe_solver": "adamw"}
+        ),
         Variant("aape_l0", "AAPE, lambda 0 (no distillation)", {"lambda_distill": 0.0}),
         Variant("aape", "AAPE (attention, lambda 5)", {}),
         Variant("aape_mlp", "AAPE, mlp aggregator", {"aggregator": "mlp"}),

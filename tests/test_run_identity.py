@@ -83,7 +83,16 @@ def test_a_second_bank_domain_is_a_second_run_not_an_overwrite(
     assert len(third) == 4 and all(third[k] == rec for k, rec in both.items())
     fingerprints = {r["bank"]["fingerprint"] for r in third.values() if r["method"] == "cupl"}
     assert len(fingerprints) == 3
+    # `aape train` without --out: one folder per bank too.
     capsys.readouterr()
+    folders = set()
+    for domain in ("bank-a", "bank-b"):
+        argv = ["train", "--features-dir", str(feats), "--bank-domain", domain, "--home", str(home)]
+        assert main([*argv, "--set", "method=cupl", "--shots", "1", "--quiet"]) == 0
+        folders.add(capsys.readouterr().out.rsplit("run: ", 1)[1].strip())
+    assert len(folders) == 2 and all(
+        f"cupl@{d}-" in " ".join(folders) for d in ("bank-a", "bank-b")
+    )
 
 
 def test_a_config_given_twice_runs_once(

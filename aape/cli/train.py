@@ -90,16 +90,17 @@ def _print_metrics(name: str, metrics: dict) -> None:
 
 def handle_train(args: argparse.Namespace) -> int:
     from aape.evaluate import evaluate
-    from aape.protocols import write_json_atomic
+    from aape.protocols import config_dir_name, inputs_of, write_json_atomic
     from aape.train import train
 
     cfg = _config(args).model_copy(update={"seed": args.seed})
     name, make = _task_factory(args)
     task = make(args.shots, args.seed)
+    setting = config_dir_name(cfg, inputs_of(task))  # method, bank domain, identity hash
     out = (
         Path(args.out)
         if args.out
-        else runs_dir(args.home) / "train" / f"{name}-{cfg.tag()}-k{args.shots}-s{args.seed}"
+        else runs_dir(args.home) / "train" / f"{name}-{setting}-k{args.shots}-s{args.seed}"
     )
     if args.force and (out / "checkpoint.pt").exists():
         (out / "checkpoint.pt").unlink()
