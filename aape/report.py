@@ -15,6 +15,7 @@ from aape.clip_benchmark_export import EXPORT_DIR, write_clip_benchmark
 from aape.evaluate import average_row
 from aape.protocols import RESULT_NAME
 from prompt_banks.atomic import atomic_path, write_text_atomic
+from prompt_banks.schema import stable_hash
 
 # The headline metrics of each protocol, in table order.
 PROTOCOL_METRICS = {
@@ -62,11 +63,29 @@ def _metric(rec: dict[str, Any], name: str) -> float:
     return float("nan") if v is None else float(v)
 
 
-def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (protocol, task, method, shots): mean and std over seeds, in percent."""
-    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+def method_labels(records: list[dict[str, Any]]) -> list[str]:
+    """Each record's method as tables show it: the tag, `@<bank domain>` for a method that read
+    a store's bank, and the identity hash where two settings would otherwise share a label."""
+    labels = []
     for rec in records:
-        groups[(rec["protocol"], rec["task"], rec["method"], rec["shots"])].append(rec)
+        bank = rec.get("bank") or {}
+        labels.append(rec["method"] + (f"@{bank['domain']}" if bank.get("domain") else ""))
+    settings: dict[tuple, set[str]] = defaultdict(set)
+    idents = [stable_hash(rec["identity"])[:8] if rec.get("identity") else "" for rec in records]
+    for rec, label, ident in zip(records, labels, idents, strict=True):
+        settings[(rec["protocol"], rec["task"], label)].add(ident)
+    return [
+        f"{label}-{ident}" if len(settings[(rec["protocol"], rec["task"], label)]) > 1 else label
+        for rec, label, ident in zip(records, labels, idents, strict=True)
+    ]
+
+
+def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (protocol, task, method setting, shots): mean and std over seeds, in percent
+    (a method with two banks or two configs is two rows, see `method_labels`)."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for rec, label in zip(records, method_labels(records), strict=True):
+        groups[(rec["protocol"], rec["task"], label, rec["shots"])].append(rec)
     rows = []
     for (protocol, task, method, shots), recs in sorted(groups.items()):
         row: dict[str, Any] = {
@@ -186,7 +205,8 @@ def plot_per_class(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     paths = []
-    few = [r for r in records if r["protocol"] == "few-shot" and r.get("per_class_recall")]
+    labelled = [{**r, "method": m} for r, m in zip(records, method_labels(records), strict=True)]
+    few = [r for r in labelled if r["protocol"] == "few-shot" and r.get("per_class_recall")]
     for task in sorted({r["task"] for r in few}):
         recs = [r for r in few if r["task"] == task]
         k = max(r["shots"] for r in recs)
