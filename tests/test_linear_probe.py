@@ -25,6 +25,11 @@ from prompt_banks.errors import UserError
 GRID = (1e-6, 1e-4, 1e-2, 1.0, 1e2, 1e4, 1e6)
 
 
+def _rows(fs: FeatureSet, keep: torch.Tensor) -> FeatureSet:
+    _, index = torch.unique(fs.image_index[keep], return_inverse=True)
+    return FeatureSet(fs.x[keep], fs.labels[keep], index, fs.view[keep])
+
+
 def test_sweep_tries_the_grid_then_bisects_around_the_best() -> None:
     def score(c: float) -> float:  # peaks at C = 10 ** 1.3
         return -((math.log10(c) - 1.3) ** 2)
@@ -58,11 +63,7 @@ def test_probe_matches_scikit_learn_and_never_predicts_an_unseen_class() -> None
     from sklearn.linear_model import LogisticRegression
 
     task = make_task(n_classes=3, dim=16, shots=4, views=2, n_test=20, seed=3)
-    keep = task.train.labels != 2  # class 2 has no training image
-    tr = task.train
-    _, index = torch.unique(tr.image_index[keep], return_inverse=True)
-    train_2 = FeatureSet(tr.x[keep], tr.labels[keep], index, tr.view[keep])
-    task.train = train_2
+    train_2 = task.train = _rows(task.train, task.train.labels != 2)  # class 2: no image
     cfg = TrainConfig(method="linear_probe", probe_c_grid=(1.0,), probe_refine_steps=0)
     result = train(task, cfg, progress=False)
     assert result.probe["selected_on"].startswith("4-fold cross-validation")
@@ -103,3 +104,10 @@ def test_bad_probe_settings_are_one_line_errors(override: str, message: str) -> 
     with pytest.raises(UserError, match=message) as err:
         load_config(None, [override])
     assert "\n" not in str(err.value)
+
+
+def test_one_training_class_is_a_one_line_error() -> None:
+    task = make_task(n_classes=2, dim=8, shots=2)
+    task.train = _rows(task.train, task.train.labels == 0)
+    with pytest.raises(UserError, match="cover fewer than 2 classes; check the dataset and shots"):
+        train(task, TrainConfig(method="linear_probe"), progress=False)

@@ -154,11 +154,10 @@ def register(sub: argparse._SubParsersAction) -> None:
             aape bank import descriptors_pets.json --domain pets --format dclip
             aape bank import cupl_cal.json --domain caltech101 --rename cupl_to_coop.json
             aape bank import imagenet_prompts_base.json --domain imagenet --classes imagenet
-            # CLIP_benchmark's templates over its class names for one of its datasets:
-            aape bank import en_zeroshot_classification_templates.json --domain cifar10 \
-                --classes en_classnames.json
-            aape bank import en_zeroshot_classification_templates.json --domain my-cars \
-                --dataset cars --classes cars_classnames.txt
+            # CLIP_benchmark's en_zeroshot_classification_templates.json (here en_templates.json)
+            # expanded over its en_classnames.json, or over your own class list:
+            aape bank import en_templates.json --domain eurosat --classes en_classnames.json
+            aape bank import en_templates.json --domain my-cars --dataset cars --classes cars.txt
         """,
     )
     p.add_argument("file", help="JSON file: {class: [text, ...]} or CLIP_benchmark templates")
