@@ -32,7 +32,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 
 
 def cb_task(method: str) -> str:
-    """CLIP_benchmark's task name: what it would call the evaluation."""
+    """CLIP_benchmark's task name for a config's `method`: what it would call the evaluation."""
     if method in ("zeroshot", "cupl"):
         return "zeroshot_classification"  # CuPL is CLIP_benchmark's --custom_template_file
     if method == "linear_probe":
@@ -81,7 +81,7 @@ def to_clip_benchmark(rec: dict[str, Any]) -> list[dict[str, Any]]:
                 "dataset": dataset,
                 "model": arch,
                 "pretrained": pretrained,
-                "task": cb_task(rec["method"]),
+                "task": cb_task((rec.get("config") or {}).get("method", rec["method"])),
                 "metrics": {**metrics, "fewshot_k": rec["shots"], "seed": rec["seed"]},
                 "language": LANGUAGE,
                 "method": rec["method"],

@@ -66,6 +66,15 @@ def test_export_has_clip_benchmarks_shape_and_units(tmp_path: Path) -> None:
     assert [d["dataset"] for d in to_clip_benchmark(dg)] == ["syn", "tgt"]
 
 
+def test_task_names_follow_the_configs_method() -> None:
+    rec = {"protocol": "few-shot", "task": "t", "method": "linear_probe_adamw", "shots": 2,
+           "seed": 1, "model_id": "m/w", "config": {"method": "linear_probe"},
+           "acc1": 0.5}  # fmt: skip
+    (doc,) = to_clip_benchmark(rec)
+    assert doc["task"] == "linear_probe" and doc["method"] == "linear_probe_adamw"
+    assert doc["pretrained"] == "w+linear_probe_adamw+k2" and doc["metrics"]["acc5"] is None
+
+
 def test_split_model_id() -> None:
     assert split_model_id("ViT-B-16/openai") == ("ViT-B-16", "openai")
     assert split_model_id("aape-tiny/random-seed0") == ("aape-tiny", "random-seed0")
