@@ -158,6 +158,25 @@ def markdown(rows: list[dict[str, Any]], plots: list[Path] | None = None) -> str
     return "\n".join(out)
 
 
+def probe_section(records: list[dict[str, Any]]) -> list[str]:
+    """What the linear probes swept: the C grid, where C was chosen, and the C of each run."""
+    probes = [r for r in records if r.get("probe")]
+    if not probes:
+        return []
+    out = ["## Linear probe: regularisation sweep", ""]
+    for grid, on in sorted({(str(r["probe"]["grid"]), r["probe"]["selected_on"]) for r in probes}):
+        out.append(f"- C grid {grid}, then bisections in log10 C around the best; chosen on: {on}")
+    out += ["", "| protocol | task | shots | seed | C tried | C chosen | its score (%) |"]
+    out.append("|" + " --- |" * 7)
+    for r in sorted(probes, key=lambda r: (r["protocol"], r["task"], r["shots"], r["seed"])):
+        p = r["probe"]
+        score = dict(map(tuple, p["tried"])).get(p["C"])
+        cells = [r["protocol"], r["task"], str(r["shots"]), str(r["seed"]), str(len(p["tried"]))]
+        cells += [f"{p['C']:.3g}", _fmt(None if score is None else 100 * score)]
+        out.append("| " + " | ".join(cells) + " |")
+    return [*out, ""]
+
+
 def to_csv(rows: list[dict[str, Any]]) -> str:
     fields: list[str] = []
     for r in rows:
@@ -258,7 +277,8 @@ def write_report(runs_root: str | Path, out_dir: str | Path | None = None) -> di
     plots = plot_accuracy_vs_shots(rows, out) + plot_per_class(records, out)
     paths = {"markdown": out / "report.md", "csv": out / "results.csv"}
     out.mkdir(parents=True, exist_ok=True)
-    for key, text in (("markdown", markdown(rows, plots)), ("csv", to_csv(rows))):
+    md = markdown(rows, plots) + "\n" + "\n".join(probe_section(records))
+    for key, text in (("markdown", md), ("csv", to_csv(rows))):
         write_text_atomic(text, paths[key])
     write_clip_benchmark(records, out / EXPORT_DIR)
     return {**paths, "clip_benchmark": out / EXPORT_DIR, **{p.stem: p for p in plots}}

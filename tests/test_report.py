@@ -98,3 +98,16 @@ def test_two_banks_or_two_settings_of_one_method_are_two_rows() -> None:
     assert set(rows) - set(hashes) == {"cupl@a", "cupl@b"} and len(hashes) == 2
     assert rows["cupl@a"]["seeds"] == 2 and rows["cupl@a"]["acc1_mean"] == pytest.approx(15.0)
     assert rows["cupl@b"]["seeds"] == 1
+
+
+def test_the_report_says_what_the_linear_probe_swept(tmp_path: Path) -> None:
+    probe = {"grid": [0.01, 1.0, 100.0], "selected_on": "val", "C": 1.0,
+             "tried": [[0.01, 0.5], [1.0, 0.75], [100.0, 0.5]], "solver": "lbfgs"}  # fmt: skip
+    rec = _rec("few-shot", "t", "linear_probe", 4, 1, acc1=0.7, probe=probe)
+    _write(tmp_path, [rec, _rec("few-shot", "t", "zeroshot", 4, 1, acc1=0.5)])
+    md = Path(write_report(tmp_path)["markdown"]).read_text(encoding="utf-8")
+    assert (
+        "- C grid [0.01, 1.0, 100.0], then bisections in log10 C around the best; chosen on: val"
+        in md
+    )
+    assert "| few-shot | t | 4 | 1 | 3 | 1 | 75.00 |" in md
