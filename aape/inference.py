@@ -18,7 +18,7 @@ from PIL import Image
 from aape.artifact import BANK_MEANS_KEY, needs_bank_means, read_artifact
 from aape.config import TrainConfig
 from aape.model import AAPE, HeadCache
-from prompt_banks.clip import CLIPRef, LoadedCLIP, load_clip
+from prompt_banks.clip import CLIPRef, LoadedCLIP, is_model_id_of, load_clip
 from prompt_banks.errors import UserError
 from prompt_banks.text import canonical_class_name
 
@@ -75,7 +75,13 @@ class AAPEClassifier:
         cfg = TrainConfig(**meta["config"])
         model = AAPE(int(meta["dim"]), cfg)
         weights = {k: v for k, v in tensors.items() if k != BANK_MEANS_KEY}
-        missing = model.load_state_dict(weights, strict=False).missing_keys
+        try:
+            missing = model.load_state_dict(weights, strict=False).missing_keys
+        except RuntimeError as exc:  # shapes that are not those of d and the switches
+            raise UserError(
+                f"--artifact: {folder} holds weights that do not fit its config.json "
+                f"(dim {meta['dim']}); export it again with `aape export`"
+            ) from exc
         if missing:
             raise UserError(f"--artifact: {folder} lacks weights {', '.join(missing[:3])}")
         means = tensors.get(BANK_MEANS_KEY)
@@ -214,7 +220,7 @@ def _open(image: Image.Image | str | Path) -> Image.Image:
 
 
 def _check_clip(clip: LoadedCLIP, meta: dict[str, Any]) -> None:
-    if clip.model_id != meta["clip_model_id"]:
+    if not is_model_id_of(clip.ref, meta["clip_model_id"]):
         raise UserError(
             f"clip model: the artifact was trained with {meta['clip_model_id']}, not "
             f"{clip.model_id}; load that CLIP (features from another CLIP are meaningless to it)"

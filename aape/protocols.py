@@ -12,7 +12,6 @@ is then skipped, not retrained, unless `force`. A config repeated in one call ru
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import re
@@ -28,11 +27,13 @@ from aape.data import ClassTexts, Task
 from aape.evaluate import base_new_classes, evaluate, harmonic_mean, subset_task
 from aape.train import TrainResult, train
 from prompt_banks import atomic
+from prompt_banks.json_files import read_json
 from prompt_banks.schema import stable_hash
 
 log = logging.getLogger(__name__)
 
 RESULT_NAME = "result.json"
+QUARANTINE_FIX = "run `aape doctor --quarantine` to move it aside (the run is then redone)"
 FEW_SHOTS = (1, 2, 4, 8, 16)
 SEEDS = (1, 2, 3)
 # Config fields that cannot change a run's result (the seed is the folder's leaf).
@@ -128,7 +129,7 @@ def load_complete(folder: Path) -> dict[str, Any] | None:
     path = folder / RESULT_NAME
     if not path.is_file():
         return None
-    record = json.loads(path.read_text(encoding="utf-8"))
+    record = read_json(path, "runs", QUARANTINE_FIX)
     return record if record.get("complete") else None
 
 

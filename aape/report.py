@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -13,8 +12,9 @@ from typing import Any
 
 from aape.clip_benchmark_export import EXPORT_DIR, write_clip_benchmark
 from aape.evaluate import average_row
-from aape.protocols import RESULT_NAME
+from aape.protocols import QUARANTINE_FIX, RESULT_NAME
 from prompt_banks.atomic import atomic_path, write_text_atomic
+from prompt_banks.json_files import read_json
 from prompt_banks.schema import stable_hash
 
 # The headline metrics of each protocol, in table order.
@@ -28,7 +28,7 @@ DEFAULT_METRICS = ("acc1",)
 def load_records(runs_root: str | Path) -> list[dict[str, Any]]:
     records = []
     for path in sorted(Path(runs_root).rglob(RESULT_NAME)):
-        rec = json.loads(path.read_text(encoding="utf-8"))
+        rec = read_json(path, "runs", QUARANTINE_FIX)
         if rec.get("complete"):
             rec["_path"] = str(path.parent)
             records.append(rec)

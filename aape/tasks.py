@@ -28,7 +28,7 @@ import torch
 from aape.data import BankId, ClassTexts, FeatureSet, Task
 from aape.datasets import SPLITS, Dataset, ImageRecord, load_dataset
 from aape.datasets.base import DEFAULT_VIEWS
-from aape.features import ExtractReport, load_features
+from aape.features import ExtractReport, load_features, split_dir
 from aape.fewshot import (
     FewShotManifest,
     fewshot_manifest,
@@ -39,6 +39,7 @@ from aape.fewshot import (
 from aape.missing_images import ImageUse, Key, extract_usable, without
 from prompt_banks.clip import CLIPRef, LoadedCLIP, load_clip
 from prompt_banks.embed import encode_texts, template_text
+from prompt_banks.errors import UserError
 from prompt_banks.fingerprint import bank_fingerprint
 from prompt_banks.paths import banks_dir
 from prompt_banks.queries import bank_tensor, shared_bank_names
@@ -72,6 +73,12 @@ def class_texts(
         return ClassTexts(names=list(classnames), templates=templates)
     store = BankStore(banks_dir(home))
     bank, mask = bank_tensor(store, bank_domain, classnames, clip.model_id)
+    if bank.shape[-1] != clip.dim:
+        raise UserError(
+            f"bank domain {bank_domain}: the store {store.root} holds {clip.model_id} embeddings "
+            f"of d = {bank.shape[-1]}, the CLIP has d = {clip.dim}; embed the domain again "
+            "(`aape bank embed`) under a fresh --home"
+        )
     bank_id = BankId(bank_domain, bank_fingerprint(store, bank_domain, classnames, clip.model_id))
     return ClassTexts(
         names=list(classnames), templates=templates, bank=bank, bank_mask=mask, bank_id=bank_id
@@ -203,15 +210,21 @@ def prepare_task(
     if use.unusable:
         log.warning("%s: %d missing or unreadable images left out", ds.name, len(use.unusable))
     manifest: FewShotManifest | None = pick["manifest"]
-    manifest_file = write_manifest(manifest, home) if manifest is not None else None
     ids: dict[str, list[str]] = {}
     for r in records:
         ids.setdefault(r.split, []).append(r.image_id)
 
     def features(split: str, max_view: int | None = None) -> FeatureSet:
-        return load_features(
+        found = load_features(
             home, loaded.model_id, ds.name, split, image_ids=ids[split], max_view=max_view
         )
+        if found.x.shape[1] != loaded.dim:
+            raise UserError(
+                f"features: {split_dir(home, loaded.model_id, ds.name, split)} holds d = "
+                f"{found.x.shape[1]}, the CLIP {loaded.model_id} has d = {loaded.dim}; delete "
+                "that folder and run `aape features` again"
+            )
+        return found
 
     provenance = {
         "dataset": ds.name,
@@ -230,6 +243,8 @@ def prepare_task(
         model_id=loaded.model_id,
         provenance=provenance,
     )
+    # Written once the task stands: a refused task (a damaged cache, ...) leaves the home as it was.
+    manifest_file = write_manifest(manifest, home) if manifest is not None else None
     return PreparedTask(
         task=task, extraction=report, manifest=manifest, manifest_path=manifest_file, images=use
     )

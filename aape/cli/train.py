@@ -239,14 +239,13 @@ def handle_report(args: argparse.Namespace) -> int:
 
 
 def handle_export(args: argparse.Namespace) -> int:
-    from aape.artifact import export_artifact
+    from aape.artifact import export_artifact, record_metrics, run_record
     from aape.train import load_checkpoint
     from prompt_banks.clip import CLIPRef
 
     result = load_checkpoint(args.run)
-    metrics_file = Path(args.run) / "metrics.json"
-    saved = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else {}
-    metrics = {k: saved[k] for k in ("acc1", "acc5", "mean_per_class_recall") if k in saved}
+    saved = run_record(args.run)
+    metrics = record_metrics(saved)
     ref = None
     if args.clip_model:
         ref = CLIPRef(args.clip_model, args.pretrained)
