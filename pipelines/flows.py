@@ -1,5 +1,6 @@
 """Every flow, importable from one place (the entrypoints of infra/prefect/prefect.yaml)."""
 
+from pipelines.bank_quality import bank_quality
 from pipelines.build_domain import build_domain
 from pipelines.embed import embed_bank
 from pipelines.evaluate import evaluate
@@ -8,6 +9,7 @@ from pipelines.generate import generate_descriptions
 from pipelines.train import train
 
 __all__ = [
+    "bank_quality",
     "build_domain",
     "embed_bank",
     "evaluate",
