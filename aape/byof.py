@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from aape.data import ClassTexts, FeatureSet, Task
+from aape.data import BankId, ClassTexts, FeatureSet, Task
 from prompt_banks.atomic import write_json_atomic, write_parquet_atomic
 from prompt_banks.errors import UserError
 
@@ -360,8 +360,8 @@ def load_task(
     bank_domain: str | None = None,
     shots: int | None = None,
     seed: int = 1,
-    bank_snapshot: str | None = None,
     shots_policy: str = "error",
+    bank_snapshot: str | None = None,
 ) -> Task:
     """Read a bring-your-own-features folder into a `Task`; with `shots`, the training split
     keeps K images per class (all their views), picked by the project's few-shot rule for `seed`
@@ -392,9 +392,10 @@ def load_task(
     templates = _embeddings(classes, classes_path, d)[torch.from_numpy(order)]
     x = _embeddings(images, images_path, d)
     splits = _feature_sets(images, x, images_path, c)
+    bank_id = None
     provenance: dict[str, Any] = {}
     if bank_domain is not None:
-        bank, mask, snap = _bank_from_store(
+        bank, mask, bank_id, snap = _bank_from_store(
             bank_store, bank_domain, names, meta["model_id"], d, bank_snapshot
         )
         provenance["bank"] = snap.lineage()
@@ -414,7 +415,9 @@ def load_task(
         )
     task = Task(
         name=str(meta.get("name") or root.name),
-        texts=ClassTexts(names=names, templates=templates, bank=bank, bank_mask=mask),
+        texts=ClassTexts(
+            names=names, templates=templates, bank=bank, bank_mask=mask, bank_id=bank_id
+        ),
         train=splits["train"],
         test=splits["test"],
         val=splits.get("val"),
@@ -469,8 +472,9 @@ def select_shots(task: Task, shots: int, seed: int, policy: str = "error") -> Ta
 
 def _bank_from_store(
     store: Any, domain: str, names: list[str], model_id: str, d: int, snapshot_id: str | None
-) -> tuple[torch.Tensor, torch.Tensor, Snapshot]:
+) -> tuple[torch.Tensor, torch.Tensor, BankId, Snapshot]:
     """The bank of `names` in `domain` for `model_id`, from one snapshot of the bank store."""
+    from prompt_banks.fingerprint import bank_fingerprint
     from prompt_banks.snapshots import pinned_bank
     from prompt_banks.store import BankStore
 
@@ -484,4 +488,7 @@ def _bank_from_store(
             )
 
     bank, mask, snap = pinned_bank(bank_store, domain, names, model_id, snapshot_id, same_size)
-    return torch.nn.functional.normalize(bank, dim=-1) * mask.unsqueeze(-1), mask, snap
+    fingerprint = bank_fingerprint(bank_store.at(snap), domain, names, model_id)
+    bank_id = BankId(domain, fingerprint, snap.id)
+    bank = torch.nn.functional.normalize(bank, dim=-1) * mask.unsqueeze(-1)
+    return bank, mask, bank_id, snap

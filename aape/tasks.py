@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from aape.data import ClassTexts, FeatureSet, Task
+from aape.data import BankId, ClassTexts, FeatureSet, Task
 from aape.datasets import SPLITS, Dataset, ImageRecord, load_dataset
 from aape.datasets.base import DEFAULT_VIEWS
 from aape.features import ExtractReport, load_features, split_dir
@@ -41,6 +41,7 @@ from aape.missing_images import ImageUse, Key, extract_usable, without
 from prompt_banks.clip import CLIPRef, LoadedCLIP, load_clip
 from prompt_banks.embed import encode_texts, template_text
 from prompt_banks.errors import UserError
+from prompt_banks.fingerprint import bank_fingerprint
 from prompt_banks.paths import banks_dir
 from prompt_banks.queries import shared_bank_names
 from prompt_banks.schema import stable_hash
@@ -90,7 +91,12 @@ def class_texts(
     bank, mask, snap = pinned_bank(
         store, bank_domain, classnames, clip.model_id, bank_snapshot, same_size
     )
-    texts = ClassTexts(names=list(classnames), templates=templates, bank=bank, bank_mask=mask)
+    pinned = store.at(snap)  # the fingerprint of the rows read, not of the store now
+    fingerprint = bank_fingerprint(pinned, bank_domain, classnames, clip.model_id)
+    bank_id = BankId(bank_domain, fingerprint, snap.id)
+    texts = ClassTexts(
+        names=list(classnames), templates=templates, bank=bank, bank_mask=mask, bank_id=bank_id
+    )
     return texts, snap
 
 

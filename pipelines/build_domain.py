@@ -1,9 +1,10 @@
 """Flow `build_domain`: one domain spec and one dataset, end to end.
 
 generate_descriptions -> embed_bank -> extract_features -> bank_quality -> train -> evaluate,
-each a subflow (its own run in the UI, named after what it ran). Every stage skips what its store already
-holds, so a re-run with nothing new computes nothing and finishes in seconds. A stage that
-fails (no LLM answering, too many failed rows) fails the run before the later stages start.
+each a subflow (its own run in the UI, named after what it ran). Every stage skips what its
+store already holds, so a re-run with nothing new computes nothing and finishes in seconds. A
+stage that fails (no LLM answering, too many failed rows) fails the run before the later stages
+start.
 """
 
 from __future__ import annotations

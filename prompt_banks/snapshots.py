@@ -399,15 +399,3 @@ def pinned_bank(
     if check is not None:
         check(emb)
     return emb, mask, (register(store, snap) if snapshot_id is None else snap)
-
-
-def bank_identity(store: BankStore, domain: str, snapshot_id: str | None = None) -> dict[str, str]:
-    """What a run's identity takes from its bank: the domain and the digest of its usable
-    descriptions (`snapshot_id`'s, else the current ones). A bank that did not change gives the
-    same identity, so its runs are reused; a changed one gives new runs beside the old."""
-    snap = current(store, domain) if snapshot_id is None else load(store, snapshot_id)
-    if snap.domain != domain:
-        raise UserError(
-            f"--bank-snapshot: {snap.id} is of domain '{snap.domain}', not --bank-domain '{domain}'"
-        )
-    return {"bank_domain": domain, "bank_descriptions": snap.descriptions_hash}

@@ -103,16 +103,6 @@ def _task_factory(args: argparse.Namespace) -> tuple[str, Callable[[int, int], T
     return args.dataset, make
 
 
-def _bank_identity(args: argparse.Namespace) -> dict[str, str] | None:
-    """The bank's part of the run identity (None without --bank-domain)."""
-    if not args.bank_domain:
-        return None
-    from prompt_banks.snapshots import bank_identity
-    from prompt_banks.store import BankStore
-
-    return bank_identity(BankStore(banks_dir(args.home)), args.bank_domain, args.bank_snapshot)
-
-
 def _config(args: argparse.Namespace) -> TrainConfig:
     return load_config(args.config, args.set)
 
@@ -126,19 +116,17 @@ def _print_metrics(name: str, metrics: dict) -> None:
 def handle_train(args: argparse.Namespace) -> int:
     from aape.evaluate import evaluate
     from aape.lineage import lineage
-    from aape.protocols import write_json_atomic
+    from aape.protocols import config_dir_name, inputs_of, write_json_atomic
     from aape.train import train
 
     cfg = _config(args).model_copy(update={"seed": args.seed})
     name, make = _task_factory(args)
     task = make(args.shots, args.seed)
-    pinned = f"-bank-{args.bank_snapshot}" if args.bank_snapshot else ""
+    setting = config_dir_name(cfg, inputs_of(task))  # method, bank domain, identity hash
     out = (
         Path(args.out)
         if args.out
-        else runs_dir(args.home)
-        / "train"
-        / f"{name}-{cfg.tag()}-k{args.shots}-s{args.seed}{pinned}"
+        else runs_dir(args.home) / "train" / f"{name}-{setting}-k{args.shots}-s{args.seed}"
     )
     out.mkdir(parents=True, exist_ok=True)  # an unwritable --out fails now, not after training
     if args.force and (out / "checkpoint.pt").exists():
@@ -211,18 +199,17 @@ def _target_factories(args: argparse.Namespace, cfg: TrainConfig) -> dict[str, C
 
 def handle_eval(args: argparse.Namespace) -> int:
     from aape import protocols
+    from aape.baselines import baseline_config
     from aape.report import write_report
 
     cfg = _config(args)
     cfgs = [cfg] if args.no_lambda0 else protocols.with_lambda0(cfg)
     for extra in args.baselines.split(",") if args.baselines else []:
-        cfgs.append(cfg.model_copy(update={"method": extra.strip()}))
+        cfgs.append(baseline_config(cfg, extra.strip()))
     name, make = _task_factory(args)
     root = Path(args.out) if args.out else runs_dir(args.home)
     seeds = list(args.seeds)
-    common = dict(
-        seeds=seeds, force=args.force, progress=not args.quiet, identity=_bank_identity(args)
-    )
+    common = dict(seeds=seeds, force=args.force, progress=not args.quiet)
     if args.protocol == "few-shot":
         records = protocols.few_shot(make, name, cfgs, root, shots=list(args.shots), **common)
     elif args.protocol == "base-to-new":
@@ -368,7 +355,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--baselines",
         default="zeroshot,cupl",
-        help="also run these methods (zeroshot,cupl,linear_probe); '' for none",
+        help="also run these baselines (zeroshot,cupl,linear_probe,linear_probe_adamw); "
+        "'' for none",
     )
     p.add_argument("--no-lambda0", action="store_true", help="skip the lambda=0 companion run")
     p.add_argument("--out", help="runs root (default: $AAPE_HOME/runs)")
