@@ -135,7 +135,7 @@ def health_metrics(
     }
 
 
-def _save_atomic(obj: dict[str, Any], path: Path) -> None:
+def save_atomic(obj: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
@@ -232,7 +232,7 @@ def train(
     def save(epoch: int) -> None:
         if ckpt_path is None:
             return
-        _save_atomic(
+        save_atomic(
             {
                 "config": cfg.model_dump(),
                 "epoch": epoch,

@@ -98,4 +98,18 @@ def load_caption_split(
             f"run `aape vl embed --dataset {dataset}`"
         )
     position = {image_id: i for i, image_id in enumerate(bank.image_ids)}
+    # Each image is its own "class" (its captions are its prompts): labels = image index, so
+    # that `FeatureSet.subset_classes` selects images.
+    feats = FeatureSet(
+        x=feats.x,
+        labels=feats.image_index.clone(),
+        image_index=feats.image_index,
+        view=feats.view,
+        image_ids=feats.image_ids,
+    )
     return CaptionSplit(feats, bank.subset([position[i] for i in feats.image_ids]))
+
+
+def subset_images(split: CaptionSplit, keep: list[int]) -> CaptionSplit:
+    """The images at positions `keep` (ascending) with their captions."""
+    return CaptionSplit(split.features.subset_classes(keep), split.captions.subset(keep))
