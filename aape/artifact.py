@@ -75,11 +75,19 @@ def export_artifact(
         "health": result.health,
         "created_at": datetime.now(UTC).isoformat(),
     }
+    return write_artifact_dir(out_dir, tensors, meta)
+
+
+def write_artifact_dir(
+    out_dir: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+) -> Path:
+    """Write `weights.safetensors` + `config.json` (format `meta["format"]`) as `out_dir`,
+    replacing any old folder atomically."""
     out = Path(out_dir)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": FORMAT})
+    save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": meta["format"]})
     (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2), encoding="utf-8")
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
     if out.exists():
@@ -89,15 +97,16 @@ def export_artifact(
     return out
 
 
-def read_artifact(folder: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(config.json contents, tensors) of an artifact, or a UserError naming what is missing."""
+def read_artifact(
+    folder: str | Path, fmt: str = FORMAT, how: str = "make one with `aape export`"
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(config.json contents, tensors) of an artifact of format `fmt`, or a UserError naming
+    what is missing (`how` says how to make one)."""
     p = Path(folder)
     cfg_path, w_path = p / CONFIG_NAME, p / WEIGHTS_NAME
     if not cfg_path.is_file() or not w_path.is_file():
-        raise UserError(
-            f"--artifact: {p} has no {CONFIG_NAME} + {WEIGHTS_NAME}; make one with `aape export`"
-        )
+        raise UserError(f"--artifact: {p} has no {CONFIG_NAME} + {WEIGHTS_NAME}; {how}")
     meta = json.loads(cfg_path.read_text(encoding="utf-8"))
-    if meta.get("format") != FORMAT:
-        raise UserError(f"--artifact: {p} is format {meta.get('format')!r}, expected {FORMAT}")
+    if meta.get("format") != fmt:
+        raise UserError(f"--artifact: {p} is format {meta.get('format')!r}, expected {fmt}")
     return meta, load_file(str(w_path))

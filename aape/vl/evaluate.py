@@ -10,7 +10,6 @@ the query's favour; with float scores a tie has probability zero.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,8 @@ from typing import Any
 
 import torch
 
+from aape.vl.tasks import CaptionSplit
+from aape.vl.train import RetrievalResult
 from prompt_banks.atomic import write_json_atomic, write_text_atomic
 
 KS = (1, 5, 10)
@@ -61,6 +62,15 @@ def recall_at_k(
     return metrics
 
 
+def evaluate_split(
+    result: RetrievalResult, split: CaptionSplit, ks: Sequence[int] = KS
+) -> dict[str, float]:
+    """R@K of a trained (or zero-shot) retrieval model on one test split (centre crops)."""
+    x = split.features.x[split.features.view == 0]
+    captions = split.captions
+    return recall_at_k(result.queries(x), captions.embeddings, captions.caption_image, ks)
+
+
 @dataclass
 class RetrievalRow:
     """One line of a retrieval table: a method trained on one dataset, tested on another."""
@@ -92,9 +102,7 @@ class RetrievalRow:
 def results_json(rows: Sequence[RetrievalRow]) -> dict[str, Any]:
     return {
         "task": "zeroshot_retrieval",
-        "rows": [
-            {**row.__dict__, "clip_benchmark": row.clip_benchmark()} for row in rows
-        ],
+        "rows": [{**row.__dict__, "clip_benchmark": row.clip_benchmark()} for row in rows],
     }
 
 
@@ -126,5 +134,5 @@ def write_results(rows: Sequence[RetrievalRow], out_dir: str | Path) -> dict[str
     }
     for i, row in enumerate(rows):
         name = f"{i:02d}-{row.setting}-{row.method}-{row.test_dataset}.json"
-        write_text_atomic(json.dumps(row.clip_benchmark()), out / "clip_benchmark" / name)
+        write_json_atomic(row.clip_benchmark(), out / "clip_benchmark" / name)
     return paths

@@ -35,24 +35,28 @@ _SCENES, _CAPTIONS = 11, 12  # stream ids beside simulation.py's 1-4
 class CaptionStyle:
     """How one domain's annotators write (see the module doc)."""
 
-    p_mention: float = 0.55  # chance to mention a fully visible attribute
+    p_mention: float = 0.4  # chance to mention a fully visible attribute
     name_weight: float = 0.5  # weight of the class name when a caption names it
     p_name: float = 0.7  # chance that a caption names the scene's class
     attribute_weight: float = 0.7  # weight of the mentioned attributes (per sqrt(3))
     slip_rate: float = 0.3  # Poisson mean of mentioned attributes that are not in the image
-    noise: float = 0.6  # phrasing: what a caption says that is not visual
+    noise: float = 1.0  # phrasing: what a caption says that is not visual
     class_alpha: float = 0.5  # Dirichlet concentration of the domain's class mix
 
 
 DOMAINS = {
     "coco": CaptionStyle(),
-    "flickr": CaptionStyle(p_mention=0.65, p_name=0.5, slip_rate=0.4, noise=0.7),
+    "flickr": CaptionStyle(p_mention=0.5, p_name=0.5, slip_rate=0.4, noise=1.1),
 }
 
 
 @dataclass(frozen=True)
 class CaptionWorldConfig:
-    sim: SimConfig = field(default_factory=lambda: SimConfig(n_classes=80, n_families=16))
+    # The classification world's defaults, with 80 scene classes and noisier pictures: CLIP
+    # zero-shot then lands near ViT-B/16's real COCO 5k recall (i2t R@1 ~60, t2i ~35).
+    sim: SimConfig = field(
+        default_factory=lambda: SimConfig(n_classes=80, n_families=16, image_noise=1.1)
+    )
     captions_per_image: int = 5
     train_images: int = 6000
     test_images: int = 1000
@@ -127,9 +131,7 @@ def _captions(
     return _normalize(t)
 
 
-def _split(
-    x: np.ndarray, captions: np.ndarray, prefix: str
-) -> CaptionSplit:
+def _split(x: np.ndarray, captions: np.ndarray, prefix: str) -> CaptionSplit:
     n, views, d = x.shape
     j = captions.shape[1]
     ids = [f"{prefix}/{i:05d}" for i in range(n)]

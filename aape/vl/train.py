@@ -149,9 +149,7 @@ def retrieval_health(
     }
 
 
-def _restore(
-    path: Path, cfg: RetrievalConfig, device: torch.device
-) -> dict[str, object] | None:
+def _restore(path: Path, cfg: RetrievalConfig, device: torch.device) -> dict[str, object] | None:
     if not path.is_file():
         return None
     state = torch.load(path, map_location=device, weights_only=True)
