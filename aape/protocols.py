@@ -8,7 +8,6 @@ skipped unless `force`.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
@@ -22,11 +21,13 @@ from aape.data import Task
 from aape.evaluate import base_new_classes, evaluate, harmonic_mean, subset_task
 from aape.train import TrainResult, train
 from prompt_banks import atomic
+from prompt_banks.json_files import read_json
 from prompt_banks.schema import stable_hash
 
 log = logging.getLogger(__name__)
 
 RESULT_NAME = "result.json"
+QUARANTINE_FIX = "run `aape doctor --quarantine` to move it aside (the run is then redone)"
 FEW_SHOTS = (1, 2, 4, 8, 16)
 SEEDS = (1, 2, 3)
 
@@ -69,7 +70,7 @@ def load_complete(folder: Path) -> dict[str, Any] | None:
     path = folder / RESULT_NAME
     if not path.is_file():
         return None
-    record = json.loads(path.read_text(encoding="utf-8"))
+    record = read_json(path, "runs", QUARANTINE_FIX)
     return record if record.get("complete") else None
 
 
@@ -90,6 +91,7 @@ def _record(
             "train_seconds": result.train_seconds,
             "created_at": datetime.now(UTC).isoformat(),
             "complete": True,
+            "data": task.provenance,  # images used per split, shots policy, shared prompts
             **metrics,
         }
     )
@@ -236,6 +238,7 @@ def transfer(
                     per_target[name] = {"acc1": float("nan")}
                 else:
                     per_target[name] = evaluate(result.classifier, target.test, target.texts)
+                per_target[name]["data"] = target.provenance
             metrics = {**per_target["source"], "targets": per_target}
             rec = _record(protocol, source, result, shots, seed, metrics)
             write_json_atomic(rec, folder(cfg) / RESULT_NAME)

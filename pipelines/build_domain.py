@@ -2,7 +2,8 @@
 
 generate_descriptions -> embed_bank -> extract_features -> train -> evaluate, each a subflow
 (its own run in the UI, named after what it ran). Every stage skips what its store already
-holds, so a re-run with nothing new computes nothing and finishes in seconds.
+holds, so a re-run with nothing new computes nothing and finishes in seconds. A stage that
+fails (no LLM answering, too many failed rows) fails the run before the later stages start.
 """
 
 from __future__ import annotations
@@ -54,7 +55,13 @@ def build_domain(params: BuildDomainParams, ray_address: str | None = None) -> d
     }
     if params.generate:
         out["generate"] = generate_descriptions(
-            GenerateParams(spec=params.spec, llm=params.llm, progress=params.progress, **common)
+            GenerateParams(
+                spec=params.spec,
+                llm=params.llm,
+                max_failed_share=params.max_failed_share,
+                progress=params.progress,
+                **common,
+            )
         )
     out["embed"] = embed_bank.with_options(task_runner=make_task_runner(ray_address))(
         EmbedParams(domain=spec.domain, clip=clip, **common)

@@ -121,3 +121,10 @@ def test_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
         with pytest.raises(SystemExit):
             main([*cmd, "--help"])
         assert "examples:" in capsys.readouterr().out
+
+
+def test_synthetic_captions_command(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = _json(_run(capsys, "vl", "synthetic-captions", "--dataset", "animal-mnist",
+                     "--max-per-split", "4", "--home", str(home)))  # fmt: skip
+    assert out["dataset"] == "animal-mnist-synthetic-captions" and out["written"] == 60
+    assert "SYNTHETIC" in out["note"] and len(list((home / "vl-images").rglob("*.png"))) == 12
