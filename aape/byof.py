@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from aape.data import ClassTexts, FeatureSet, Task
+from aape.data import BankId, ClassTexts, FeatureSet, Task
 from prompt_banks.atomic import write_json_atomic, write_parquet_atomic
 from prompt_banks.errors import UserError
 
@@ -387,8 +387,9 @@ def load_task(
     templates = _embeddings(classes, classes_path, d)[torch.from_numpy(order)]
     x = _embeddings(images, images_path, d)
     splits = _feature_sets(images, x, images_path, c)
+    bank_id = None
     if bank_domain is not None:
-        bank, mask = _bank_from_store(bank_store, bank_domain, names, meta["model_id"], d)
+        bank, mask, bank_id = _bank_from_store(bank_store, bank_domain, names, meta["model_id"], d)
     else:
         prompts_path = root / PROMPTS
         if not prompts_path.is_file():
@@ -403,7 +404,9 @@ def load_task(
         )
     task = Task(
         name=str(meta.get("name") or root.name),
-        texts=ClassTexts(names=names, templates=templates, bank=bank, bank_mask=mask),
+        texts=ClassTexts(
+            names=names, templates=templates, bank=bank, bank_mask=mask, bank_id=bank_id
+        ),
         train=splits["train"],
         test=splits["test"],
         val=splits.get("val"),
@@ -457,8 +460,9 @@ def select_shots(task: Task, shots: int, seed: int, policy: str = "error") -> Ta
 
 def _bank_from_store(
     store: Any, domain: str, names: list[str], model_id: str, d: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, BankId]:
     """The bank of `names` in `domain` for `model_id`, from the prompt-bank store."""
+    from prompt_banks.fingerprint import bank_fingerprint
     from prompt_banks.queries import bank_tensor
     from prompt_banks.store import BankStore
 
@@ -469,4 +473,5 @@ def _bank_from_store(
             f"bank domain {domain}: model {model_id} has d = {bank.shape[-1]} in the store "
             f"{bank_store.root}, meta.json says d = {d}"
         )
-    return torch.nn.functional.normalize(bank, dim=-1) * mask.unsqueeze(-1), mask
+    bank_id = BankId(domain, bank_fingerprint(bank_store, domain, names, model_id))
+    return torch.nn.functional.normalize(bank, dim=-1) * mask.unsqueeze(-1), mask, bank_id

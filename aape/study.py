@@ -35,7 +35,7 @@ from aape import simulation as sim
 from aape.byof import select_shots
 from aape.config import TrainConfig
 from aape.data import ClassTexts
-from aape.protocols import base_to_new, load_complete, run_dir
+from aape.protocols import base_to_new, inputs_of, load_complete, run_dir
 from prompt_banks.atomic import atomic_path, write_text_atomic
 from prompt_banks.paths import runs_dir
 from prompt_banks.schema import stable_hash
@@ -63,7 +63,9 @@ VARIANTS = {
     for v in (
         Variant("zeroshot", "zero-shot template", {"method": "zeroshot"}),
         Variant("cupl", "CuPL ensemble", {"method": "cupl"}),
-        Variant("linear_probe", "linear probe", {"method": "linear_probe"}),
+        Variant(
+            "linear_probe", "linear probe", {"method": "linear_probe", "probe_solver": "adamw"}
+        ),
         Variant("aape_l0", "AAPE, lambda 0 (no distillation)", {"lambda_distill": 0.0}),
         Variant("aape", "AAPE (attention, lambda 5)", {}),
         Variant("aape_mlp", "AAPE, mlp aggregator", {"aggregator": "mlp"}),
@@ -233,9 +235,8 @@ def run_job(plan: StudyPlan, job: Job, runs_root: Path) -> list[Row]:
     task = replace(task, name=f"{task.name}-w{plan.world_seed}-{sim_key}-n{n_label}")
     cfg = VARIANTS[job.variant].config(plan.base_config)
     leaf = f"k{job.shots}-s{job.seed}"
-    folder = run_dir(
-        runs_root, "base-to-new", task.name, cfg.model_copy(update={"seed": job.seed}), leaf
-    )
+    seeded = cfg.model_copy(update={"seed": job.seed})
+    folder = run_dir(runs_root, "base-to-new", task.name, seeded, leaf, inputs_of(task))
     reused = load_complete(folder) is not None
     records = base_to_new(
         lambda seed: select_shots(task, job.shots, seed),

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from aape.data import ClassTexts, FeatureSet, Task
+from aape.data import BankId, ClassTexts, FeatureSet, Task
 from aape.datasets import SPLITS, Dataset, ImageRecord, load_dataset
 from aape.datasets.base import DEFAULT_VIEWS
 from aape.features import ExtractReport, load_features, split_dir
@@ -40,6 +40,7 @@ from aape.missing_images import ImageUse, Key, extract_usable, without
 from prompt_banks.clip import CLIPRef, LoadedCLIP, load_clip
 from prompt_banks.embed import encode_texts, template_text
 from prompt_banks.errors import UserError
+from prompt_banks.fingerprint import bank_fingerprint
 from prompt_banks.paths import banks_dir
 from prompt_banks.queries import bank_tensor, shared_bank_names
 from prompt_banks.store import BankStore
@@ -78,7 +79,10 @@ def class_texts(
             f"of d = {bank.shape[-1]}, the CLIP has d = {clip.dim}; embed the domain again "
             "(`aape bank embed`) under a fresh --home"
         )
-    return ClassTexts(names=list(classnames), templates=templates, bank=bank, bank_mask=mask)
+    bank_id = BankId(bank_domain, bank_fingerprint(store, bank_domain, classnames, clip.model_id))
+    return ClassTexts(
+        names=list(classnames), templates=templates, bank=bank, bank_mask=mask, bank_id=bank_id
+    )
 
 
 def shared_prompts(ds: Dataset) -> dict[str, list[str]]:

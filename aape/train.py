@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from aape.bank_quality import PrunedClassifier, prune_bank
-from aape.baselines import Classifier, LinearProbe, TextClassifier, train_linear_probe
-from aape.config import TrainConfig
+from aape.baselines import Classifier, TextClassifier, train_linear_probe
+from aape.config import BANK_METHODS, TrainConfig
 from aape.data import ClassTexts, FeatureSet, Task
 from aape.model import AAPE, class_embeddings
 from aape.updates import Updates, flush_denormals, training_threads
@@ -61,6 +61,7 @@ class TrainResult:
     bank_means: torch.Tensor | None = None  # [C, d] of the training classes, when a bank exists
     history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
     health: dict[str, float] = field(default_factory=dict)  # teacher_acc, student_acc, ...
+    probe: dict[str, Any] | None = None  # linear probe: the C swept, the scores, the C chosen
     train_seconds: float = 0.0
     epochs_done: int = 0
     checkpoint: Path | None = None
@@ -210,7 +211,7 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
 def _check_task(task: Task, cfg: TrainConfig) -> None:
     if len(task.train.labels) == 0:
         raise UserError(f"task {task.name}: the training split is empty; check the dataset/shots")
-    needs_bank = cfg.method in ("aape", "cupl")  # the aggregator (training) needs P_c
+    needs_bank = cfg.method in BANK_METHODS  # the aggregator (training) needs P_c
     if needs_bank and task.texts.bank is None:
         raise UserError(
             f"task {task.name}: method {cfg.method} needs a prompt bank; pass --bank-domain "
@@ -261,11 +262,12 @@ def _train(
         return TrainResult(cfg, TextClassifier(kind, cfg.tau), bank_means=bank_means, **base)
     if cfg.method == "linear_probe":
         start = time.perf_counter()
-        probe: LinearProbe = train_linear_probe(task.train, task.texts, cfg)
+        probe, sweep = train_linear_probe(task.train, task.texts, cfg, val=task.val)
         return TrainResult(
             cfg,
             probe,
             bank_means=bank_means,
+            probe=sweep or None,
             train_seconds=time.perf_counter() - start,
             epochs_done=cfg.epochs or 0,
             **base,

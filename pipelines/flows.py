@@ -1,5 +1,6 @@
 """Every flow, importable from one place (the entrypoints of infra/prefect/prefect.yaml)."""
 
+from pipelines.bank_quality import bank_quality
 from pipelines.build_domain import build_domain
 from pipelines.embed import embed_bank
 from pipelines.evaluate import evaluate
@@ -9,6 +10,7 @@ from pipelines.retrieval import retrieval
 from pipelines.train import train
 
 __all__ = [
+    "bank_quality",
     "build_domain",
     "embed_bank",
     "evaluate",

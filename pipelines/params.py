@@ -81,6 +81,17 @@ class TrainParams(_Params):
     progress: bool = True
 
 
+class BankQualityParams(_Params):
+    dataset: str
+    domain: str
+    data_root: str | None = None
+    clip: CLIPSettings = CLIPSettings()
+    shots: int = Field(16, ge=1)  # the training images the margins are measured on
+    seed: int = 1
+    n_views: int = Field(16, ge=0)
+    max_eval_images: int | None = Field(None, ge=1)
+
+
 class EvaluateParams(_Params):
     dataset: str
     domain: str

@@ -100,16 +100,17 @@ def _print_metrics(name: str, metrics: dict) -> None:
 
 def handle_train(args: argparse.Namespace) -> int:
     from aape.evaluate import evaluate
-    from aape.protocols import write_json_atomic
+    from aape.protocols import config_dir_name, inputs_of, write_json_atomic
     from aape.train import train
 
     cfg = _config(args).model_copy(update={"seed": args.seed})
     name, make = _task_factory(args)
     task = make(args.shots, args.seed)
+    setting = config_dir_name(cfg, inputs_of(task))  # method, bank domain, identity hash
     out = (
         Path(args.out)
         if args.out
-        else runs_dir(args.home) / "train" / f"{name}-{cfg.tag()}-k{args.shots}-s{args.seed}"
+        else runs_dir(args.home) / "train" / f"{name}-{setting}-k{args.shots}-s{args.seed}"
     )
     out.mkdir(parents=True, exist_ok=True)  # an unwritable --out fails now, not after training
     if args.force and (out / "checkpoint.pt").exists():
@@ -181,12 +182,13 @@ def _target_factories(args: argparse.Namespace, cfg: TrainConfig) -> dict[str, C
 
 def handle_eval(args: argparse.Namespace) -> int:
     from aape import protocols
+    from aape.baselines import baseline_config
     from aape.report import write_report
 
     cfg = _config(args)
     cfgs = [cfg] if args.no_lambda0 else protocols.with_lambda0(cfg)
     for extra in args.baselines.split(",") if args.baselines else []:
-        cfgs.append(cfg.model_copy(update={"method": extra.strip()}))
+        cfgs.append(baseline_config(cfg, extra.strip()))
     name, make = _task_factory(args)
     root = Path(args.out) if args.out else runs_dir(args.home)
     seeds = list(args.seeds)
@@ -335,7 +337,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--baselines",
         default="zeroshot,cupl",
-        help="also run these methods (zeroshot,cupl,linear_probe); '' for none",
+        help="also run these baselines (zeroshot,cupl,linear_probe,linear_probe_adamw); "
+        "'' for none",
     )
     p.add_argument("--no-lambda0", action="store_true", help="skip the lambda=0 companion run")
     p.add_argument("--out", help="runs root (default: $AAPE_HOME/runs)")
