@@ -48,23 +48,20 @@ def embed_dataset(
     *,
     home: Home,
     n_views: int = DEFAULT_VL_VIEWS,
+    max_missing: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Embed the dataset's caption texts and cache its image features (both incremental)."""
+    """Embed the dataset's caption texts and cache its image features (both incremental);
+    at most `max_missing` missing or unreadable images are left out."""
     loaded = _loaded(clip)
     store = caption_store(home)
     texts = embed_captions(store, dataset, loaded, progress=progress)
-    feats = extract_caption_features(
-        store, dataset, loaded, home, n_views=n_views, progress=progress
+    feats, use = extract_caption_features(
+        store, dataset, loaded, home, n_views=n_views, max_missing=max_missing, progress=progress
     )
     return {
         "texts": texts.to_dict(),
-        "features": {
-            "computed": feats.computed,
-            "cached": feats.cached,
-            "skipped_images": feats.skipped_images,
-            "unreadable": feats.unreadable[:20],
-        },
+        "features": {"computed": feats.computed, "cached": feats.cached, **use.as_record()},
     }
 
 
