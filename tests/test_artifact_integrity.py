@@ -35,7 +35,10 @@ def features(tmp_path: Path, tiny_clip) -> Path:
 def exported(tmp_path: Path, features: Path, capsys) -> tuple[Path, Path]:
     """(run folder of `aape train`, the artifact exported from it)."""
     run_dir, art = tmp_path / "run", tmp_path / "art"
-    assert run(capsys, "train", "--features-dir", features, "--out", run_dir, *FAST)[0] == 0
+    assert (
+        run(capsys, "train", "--features-dir", features, "--shots", "4", "--out", run_dir, *FAST)[0]
+        == 0
+    )
     argv = ["export", "--run", run_dir, "--out", art, "--clip-model", "aape-tiny"]
     assert run(capsys, *argv)[0] == 0
     return run_dir, art
