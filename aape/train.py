@@ -208,6 +208,30 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
         tmp.write_bytes(buffer.getbuffer())
 
 
+def checkpoint_state(
+    cfg: TrainConfig,
+    epoch: int,
+    seconds: float,
+    model: torch.nn.Module,
+    updates: Updates,
+    generators: dict[str, torch.Generator],
+    history: list[dict[str, float]],
+    **extra: Any,
+) -> dict[str, Any]:
+    """What a checkpoint holds: config, progress, weights, optimiser and RNG states (CPU
+    tensors), the history, and `extra` (what the run's loader needs)."""
+    return {
+        "config": cfg.model_dump(),
+        "epoch": epoch,
+        "seconds": seconds,
+        "model": model.state_dict(),
+        "optimizers": updates.state_dict(),
+        **{name: g.get_state().cpu() for name, g in generators.items()},
+        "history": history,
+        **extra,
+    }
+
+
 def _check_task(task: Task, cfg: TrainConfig) -> None:
     if len(task.train.labels) == 0:
         raise UserError(f"task {task.name}: the training split is empty; check the dataset/shots")
@@ -312,24 +336,12 @@ def _train(
     def save(epoch: int, seconds: float) -> None:
         if ckpt_path is None:
             return
-        save_atomic(
-            {
-                "config": cfg.model_dump(),
-                "epoch": epoch,
-                "seconds": seconds,
-                "model": model.state_dict(),
-                "optimizers": updates.state_dict(),
-                "gen": gen.get_state(),
-                "agg_gen": agg_gen.get_state().cpu(),
-                "history": history,
-                "class_names": list(texts.names),
-                "model_id": task.model_id,
-                "dim": texts.dim,
-                "task": task.name,
-                "bank_means": bank_means,
-            },
-            ckpt_path,
-        )
+        state = checkpoint_state(
+            cfg, epoch, seconds, model, updates, {"gen": gen, "agg_gen": agg_gen}, history,
+            class_names=list(texts.names), model_id=task.model_id, dim=texts.dim,
+            task=task.name, bank_means=bank_means,
+        )  # fmt: skip
+        save_atomic(state, ckpt_path)
 
     model.train()
     seconds, epochs_done, health = run_epochs(
