@@ -17,7 +17,7 @@ from aape.vl.evaluate import RetrievalRow, evaluate_split, write_results
 from aape.vl.inference import export_retrieval_artifact, load_retrieval_artifact
 from aape.vl.tasks import DEFAULT_VL_VIEWS, extract_caption_features, load_caption_split
 from aape.vl.train import CHECKPOINT_NAME, RetrievalResult, train_retrieval
-from prompt_banks.clip import CLIPRef, LoadedCLIP, load_clip
+from prompt_banks.clip import CLIPRef, LoadedCLIP, is_model_id_of, load_clip
 from prompt_banks.errors import UserError
 from prompt_banks.paths import runs_dir
 
@@ -135,7 +135,7 @@ def evaluate_dataset(
         )
     for folder in artifacts:
         result, meta = load_retrieval_artifact(folder)
-        if meta["clip_model_id"] != clip.model_id:
+        if not is_model_id_of(clip, meta["clip_model_id"]):
             raise UserError(
                 f"--artifact: {folder} was trained with {meta['clip_model_id']}, not "
                 f"{clip.model_id}; pass its --clip-model/--pretrained"
