@@ -55,13 +55,8 @@ def export_artifact(
     `aape.lineage.lineage` record: bank snapshot, LLMs, CLIP, features, code."""
     if result.model is None:
         raise UserError(f"aape export: method {result.config.method} has no AAPE weights to export")
-    if clip_ref is not None and not is_model_id_of(clip_ref, result.model_id):
-        raise UserError(
-            f"--clip-model: {clip_ref.model_id} is not the CLIP the run used ({result.model_id})"
-        )
-    tensors = {
-        k: v.detach().float().cpu().contiguous() for k, v in result.model.inference_state().items()
-    }
+    meta = base_meta(FORMAT, result.model_id, clip_ref, result.dim, result.config.model_dump())
+    tensors = cpu_tensors(result.model.inference_state())
     bank_classes: list[str] = []
     if needs_bank_means(result.config.class_embed):
         rows = [] if result.bank_means is None else list(result.bank_means)
@@ -71,26 +66,51 @@ def export_artifact(
             raise UserError("aape export: class_embed needs bank means but the run has none")
         bank_classes = list(means)
         tensors[BANK_MEANS_KEY] = torch.stack([means[c].float().cpu() for c in bank_classes])
-    meta = {
-        "format": FORMAT,
-        "clip_model_id": result.model_id,
+    meta.update(
+        training_classes=result.class_names,
+        bank_mean_classes=bank_classes,
+        metrics=_metrics_of(result) if metrics is None else metrics,
+        health=result.health,
+        lineage=lineage or {},
+    )
+    return write_artifact_dir(out_dir, tensors, meta)
+
+
+def cpu_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights as an artifact stores them: float32, CPU, contiguous."""
+    return {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
+
+
+def base_meta(
+    fmt: str, model_id: str, clip_ref: CLIPRef | None, dim: int, config: dict[str, Any]
+) -> dict[str, Any]:
+    """The config.json keys every artifact has; refuses a `clip_ref` other than the run's CLIP."""
+    if clip_ref is not None and not is_model_id_of(clip_ref, model_id):
+        raise UserError(
+            f"--clip-model: {clip_ref.model_id} is not the CLIP the run used ({model_id})"
+        )
+    return {
+        "format": fmt,
+        "clip_model_id": model_id,
         "clip": None
         if clip_ref is None
         else {"model": clip_ref.model, "pretrained": clip_ref.pretrained},
-        "dim": result.dim,
-        "config": result.config.model_dump(),
-        "training_classes": result.class_names,
-        "bank_mean_classes": bank_classes,
-        "metrics": _metrics_of(result) if metrics is None else metrics,
-        "health": result.health,
-        "lineage": lineage or {},
+        "dim": dim,
+        "config": config,
         "created_at": datetime.now(UTC).isoformat(),
     }
+
+
+def write_artifact_dir(
+    out_dir: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+) -> Path:
+    """Write `weights.safetensors`, `config.json` (format `meta["format"]`) and the manifest
+    as `out_dir`, replacing any old folder atomically."""
     out = Path(out_dir)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": FORMAT})
+    save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": meta["format"]})
     (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2), encoding="utf-8")
     write_manifest(tmp, [WEIGHTS_NAME, CONFIG_NAME])
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
@@ -101,23 +121,27 @@ def export_artifact(
     return out
 
 
-def read_artifact(folder: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(config.json contents, tensors) of an artifact, or a UserError naming what is missing."""
+def read_artifact(
+    folder: str | Path,
+    fmt: str = FORMAT,
+    how: str = "make one with `aape export`",
+    config_model: type[TrainConfig] = TrainConfig,
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(config.json contents, tensors) of an artifact of format `fmt` whose config is a
+    `config_model`, or a UserError naming what is missing (`how` says how to make one)."""
     p = Path(folder)
     cfg_path, w_path = p / CONFIG_NAME, p / WEIGHTS_NAME
     if not cfg_path.is_file() or not w_path.is_file():
-        raise UserError(
-            f"--artifact: {p} has no {CONFIG_NAME} + {WEIGHTS_NAME}; make one with `aape export`"
-        )
+        raise UserError(f"--artifact: {p} has no {CONFIG_NAME} + {WEIGHTS_NAME}; {how}")
     verify_manifest(p, [CONFIG_NAME, WEIGHTS_NAME])
     meta = read_json(cfg_path, "--artifact", REEXPORT)
-    if meta.get("format") != FORMAT:
-        raise UserError(f"--artifact: {p} is format {meta.get('format')!r}, expected {FORMAT}")
+    if meta.get("format") != fmt:
+        raise UserError(f"--artifact: {p} is format {meta.get('format')!r}, expected {fmt}")
     dim = meta.get("dim")
     if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
         raise UserError(f"--artifact: {cfg_path} field dim is {dim!r}, not a positive integer")
     try:
-        TrainConfig(**meta.get("config", {}))
+        config_model(**meta.get("config", {}))
     except (TypeError, ValidationError) as exc:
         raise UserError(
             f"--artifact: {cfg_path} field config is not a valid training config ({_reason(exc)})"

@@ -8,7 +8,7 @@ artifacts record.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError
@@ -106,13 +106,22 @@ class TrainConfig(BaseModel):
         return "-".join(parts) + pruned
 
 
+ConfigT = TypeVar("ConfigT", bound=TrainConfig)
+
+
 def _coerce(value: str) -> Any:
     """A `--set` value: YAML scalars (5, 1e-3, true, null, text)."""
     return yaml.safe_load(value)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """A config from a YAML/JSON file plus `key=value` overrides, or a one-line UserError."""
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    *,
+    model: type[ConfigT] = TrainConfig,  # type: ignore[assignment]
+) -> ConfigT:
+    """A config from a YAML/JSON file plus `key=value` overrides, or a one-line UserError.
+    `model`: the config class (a subclass of TrainConfig with more switches)."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -128,7 +137,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise UserError(f"--set: '{item}' is not key=value; e.g. --set lambda_distill=0")
         data[key.strip()] = _coerce(value)
     try:
-        return TrainConfig(**data)
+        return model(**data)
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(x) for x in err["loc"]) or "config"

@@ -71,7 +71,7 @@ class AAPEClassifier:
         must be the CLIP the artifact was trained with: same model id, same dimension."""
         meta, tensors = read_artifact(folder)
         if clip is not None:
-            _check_clip(clip, meta)
+            check_clip(clip, meta)
         cfg = TrainConfig(**meta["config"])
         model = AAPE(int(meta["dim"]), cfg)
         weights = {k: v for k, v in tensors.items() if k != BANK_MEANS_KEY}
@@ -93,15 +93,7 @@ class AAPEClassifier:
     @property
     def clip(self) -> LoadedCLIP:
         if self._clip is None:
-            ref = self.meta.get("clip")
-            if not ref:
-                raise UserError(
-                    "artifact: it does not say how to load its CLIP "
-                    f"({self.meta['clip_model_id']}); pass clip=load_clip(...)"
-                )
-            clip = load_clip(CLIPRef(ref["model"], ref.get("pretrained")))
-            _check_clip(clip, self.meta)
-            self._clip = clip
+            self._clip = artifact_clip(self.meta)
         return self._clip
 
     def _bank_mean(self, names: list[str]) -> torch.Tensor:
@@ -191,7 +183,7 @@ class AAPEClassifier:
         """Top-k classes of each image (PIL images or paths)."""
         from aape.features import encode_images
 
-        pil = [_open(im) for im in images]
+        pil = [open_image(im) for im in images]
         x = encode_images(self.clip, pil, batch_size=batch_size)
         return self.predict_features(x, class_names, top_k=top_k)
 
@@ -209,7 +201,7 @@ def _check_distinct(class_names: list[str]) -> None:
         seen[key] = name
 
 
-def _open(image: Image.Image | str | Path) -> Image.Image:
+def open_image(image: Image.Image | str | Path) -> Image.Image:
     if isinstance(image, Image.Image):
         return image
     try:
@@ -219,7 +211,20 @@ def _open(image: Image.Image | str | Path) -> Image.Image:
         raise UserError(f"image {image}: cannot be read ({exc}); pass a PNG/JPEG file") from exc
 
 
-def _check_clip(clip: LoadedCLIP, meta: dict[str, Any]) -> None:
+def artifact_clip(meta: dict[str, Any]) -> LoadedCLIP:
+    """The CLIP an artifact's config.json names (checked against its model id and d)."""
+    ref = meta.get("clip")
+    if not ref:
+        raise UserError(
+            "artifact: it does not say how to load its CLIP "
+            f"({meta['clip_model_id']}); pass clip=load_clip(...)"
+        )
+    clip = load_clip(CLIPRef(ref["model"], ref.get("pretrained")))
+    check_clip(clip, meta)
+    return clip
+
+
+def check_clip(clip: LoadedCLIP, meta: dict[str, Any]) -> None:
     if not is_model_id_of(clip.ref, meta["clip_model_id"]):
         raise UserError(
             f"clip model: the artifact was trained with {meta['clip_model_id']}, not "

@@ -7,6 +7,7 @@ from pipelines.embed import embed_bank
 from pipelines.evaluate import evaluate
 from pipelines.features import extract_features
 from pipelines.generate import generate_descriptions
+from pipelines.retrieval import retrieval
 from pipelines.train import train
 
 __all__ = [
@@ -17,5 +18,6 @@ __all__ = [
     "evaluate",
     "extract_features",
     "generate_descriptions",
+    "retrieval",
     "train",
 ]

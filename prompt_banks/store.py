@@ -148,6 +148,14 @@ class BankStore:
         return len(self._files(self.descriptions_dir)) + len(self._files(self.embeddings_dir))
 
     # -- reading --------------------------------------------------------------------------
+    def _tables(self) -> list[tuple[str, Path | str, pa.Schema, str]]:
+        """The tables `connect` opens as views: (name, folder, schema, key columns). A store
+        with more tables (the caption bank, `aape.vl.bank`) extends this list."""
+        return [
+            ("descriptions", self.descriptions_dir, schema.DESCRIPTIONS, "row_key"),
+            ("embeddings", self.embeddings_dir, schema.EMBEDDINGS, "text_hash, model_id"),
+        ]
+
     def connect(self) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection with two views, `descriptions` and `embeddings`.
 
@@ -161,10 +169,7 @@ class BankStore:
         con = duckdb.connect()
         if self._fs is not None:
             con.register_filesystem(self._fs)
-        for name, folder, table_schema, key in (
-            ("descriptions", self.descriptions_dir, schema.DESCRIPTIONS, "row_key"),
-            ("embeddings", self.embeddings_dir, schema.EMBEDDINGS, "text_hash, model_id"),
-        ):
+        for name, folder, table_schema, key in self._tables():
             parts = self._parts(folder)
             check_parts([p.url for p in parts], table_schema, self._fs, what="store")
             self._table_views(con, name, parts, table_schema)

@@ -16,6 +16,7 @@ from aape.cli import (
     pipeline,
     simulate,
     train,
+    vl,
 )
 from prompt_banks.errors import UserError, os_error_line
 
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.register(sub)
     simulate.register(sub)
     pipeline.register(sub)
+    vl.register(sub)
     doctor.register(sub)
     return parser
 
