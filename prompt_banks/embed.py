@@ -273,7 +273,11 @@ def embed_domain(
     nothing. Writes one store file per chunk, so an interrupted run resumes where it stopped."""
     store.check_model_dim(clip.model_id, clip.dim)  # refuse before any work
     texts = domain_texts(store, domain)
-    return embed_missing(store, texts, clip, label=domain, batch_size=batch_size, progress=progress)
+    report = embed_missing(
+        store, texts, clip, label=domain, batch_size=batch_size, progress=progress
+    )
+    snapshots.take(store, domain, clip.model_id)  # the bank as training will read it
+    return report
 
 
 def embed_missing(
@@ -301,7 +305,6 @@ def embed_missing(
             )
             truncated += sum(r["truncated"] for r in rows)
             store.append_embeddings(rows)
-    snapshots.take(store, domain, clip.model_id)  # the bank as training will read it
     return EmbedReport(
         domain=label,
         model_id=clip.model_id,
