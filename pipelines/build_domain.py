@@ -80,10 +80,12 @@ def build_domain(params: BuildDomainParams, ray_address: str | None = None) -> d
     out["features"] = extract_features.with_options(task_runner=make_task_runner(ray_address))(
         FeatureParams(shots=max(params.shots), seeds=params.seeds, **sizing)
     )
-    out["bank_quality"] = bank_quality(
-        BankQualityParams(domain=spec.domain, shots=params.shots[0], seed=params.seeds[0], **sizing)
-    )
     if params.train:
+        out["bank_quality"] = bank_quality(
+            BankQualityParams(
+                domain=spec.domain, shots=params.shots[0], seed=params.seeds[0], **sizing
+            )
+        )
         out["train"] = train(
             TrainParams(
                 domain=spec.domain,

@@ -203,3 +203,37 @@ def test_cli_report_on_a_store_bank_and_image_files(tmp_path: Path, home: Path, 
     assert {bear["best"][0]["text"], bear["worst"][0]["text"]} == set(ANIMALS["bear"])
     assert report["hygiene"]["bear"]["ok"] == 2 and "truncated_share" in report["hygiene"]["bear"]
     assert "| bear | 2 |" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_cli_compare_two_snapshots_of_one_domain(tmp_path: Path, home: Path, capsys) -> None:
+    """A bank that grew: its first snapshot against it now, on the same images and seeds."""
+    from fake_images import image_folder
+
+    from prompt_banks import snapshots
+    from prompt_banks.clip import CLIPRef
+    from prompt_banks.paths import banks_dir
+    from prompt_banks.store import BankStore
+
+    animals = {c: ANIMALS[c][:1] for c in ("bear", "cat", "zebra")}
+    root = image_folder(tmp_path / "images", list(animals), {"train": 2, "val": 1, "test": 2})
+    base = ["--home", str(home)]
+    embed = ["bank", "embed", "--domain", "animals", "--clip-model", "aape-tiny", "--quiet"]
+    for i, bank in enumerate((animals, {c: ANIMALS[c] for c in animals})):
+        f = tmp_path / f"animals{i}.json"
+        f.write_text(json.dumps(bank))
+        assert main(["bank", "import", str(f), "--domain", "animals", *base]) == 0
+        assert main([*embed, *base]) == 0
+        if i == 0:
+            store = BankStore(banks_dir(home))
+            first = snapshots.current(store, "animals", CLIPRef("aape-tiny").model_id).id
+    capsys.readouterr()
+    banks = f"animals@{first},animals"
+    code = main(
+        ["bank", "compare", "--dataset", "folder", "--data-root", str(root), "--banks", banks,
+         "--shots", "2", "--out", str(tmp_path / "cmp"), "--quiet", "--set", "epochs=2", *base]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    data = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert data["reports"][f"animals@{first}"]["n_descriptions"] == 3
+    assert data["reports"]["animals"]["n_descriptions"] == 6

@@ -43,14 +43,20 @@ def _bank_sources(args: Namespace) -> dict[str, Callable[[int, int], Task]]:
     if args.features_dirs:
         dirs = [d.strip() for d in args.features_dirs.split(",") if d.strip()]
         sources = {
-            Path(d).name: Namespace(**{**vars(args), "features_dir": d, "bank_domain": None})
+            Path(d).name: Namespace(
+                **{**vars(args), "features_dir": d, "bank_domain": None, "bank_snapshot": None}
+            )
             for d in dirs
         }
     else:
-        domains = [d.strip() for d in (args.banks or "").split(",") if d.strip()]
-        sources = {
-            d: Namespace(**{**vars(args), "features_dir": None, "bank_domain": d}) for d in domains
-        }
+        banks = [b.strip() for b in (args.banks or "").split(",") if b.strip()]
+        sources = {}
+        for bank in banks:  # DOMAIN or DOMAIN@SNAPSHOT (an id from `aape bank history`)
+            domain, _, snapshot = bank.partition("@")
+            sources[bank] = Namespace(
+                **{**vars(args), "features_dir": None, "bank_domain": domain,
+                   "bank_snapshot": snapshot or None}
+            )  # fmt: skip
     if len(sources) < 2:
         raise UserError(
             "banks: compare needs two or more: --banks D1,D2 with --dataset, "
@@ -115,13 +121,16 @@ def register(bank_sub: argparse._SubParsersAction) -> None:
         help="two or more banks side by side on one dataset: quality, CuPL and AAPE accuracy",
         examples="""
         aape bank compare --dataset textile-defects --banks textile-smollm,textile-llama --shots 4
+        aape bank compare --dataset textile-defects --banks textile@3f2a91,textile --shots 4
         aape simulate --out sim-normal && aape simulate --out sim-small --small-llm
         aape bank compare --features-dirs sim-normal,sim-small --shots 4 --seeds 1,2
         """,
     )
     src = p.add_argument_group("banks")
     src.add_argument("--dataset", help="registered dataset name (with --banks)")
-    src.add_argument("--banks", help="comma list of bank domains in the store")
+    src.add_argument(
+        "--banks", help="comma list of bank domains in the store, each DOMAIN or DOMAIN@SNAPSHOT"
+    )
     src.add_argument("--features-dirs", help="comma list of bring-your-own-features folders")
     src.add_argument("--data-root", help="where the dataset's files are (default: its registry)")
     add_data_checks(src)
