@@ -9,7 +9,7 @@ what to train.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -91,6 +91,41 @@ class EvaluateParams(_Params):
     baselines: tuple[str, ...] = DEFAULT_BASELINES
     force: bool = False  # re-run complete runs
     progress: bool = True
+    # What each run asks of a Ray cluster (prefect_ray remote_options); ignored on threads.
+    cpus_per_run: float = Field(1.0, gt=0)
+    gpus_per_run: float = Field(0.0, ge=0)
+
+
+class GridDataset(BaseModel):
+    """One dataset of a grid and the bank domain of its classes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dataset: str
+    domain: str
+    data_root: str | None = None  # None: the grid's data_root
+
+
+class GridParams(_Params):
+    """A training grid over many datasets (the fields of a grid file): every (dataset, shots,
+    seed, method) is one run, and one combined report has the per-dataset and Average rows."""
+
+    datasets: tuple[GridDataset, ...] = Field(min_length=1)
+    protocol: Literal["few-shot", "base-to-new"] = "few-shot"
+    data_root: str | None = None
+    clip: CLIPSettings = CLIPSettings()
+    shots: tuple[int, ...] = Field((16,), min_length=1)
+    seeds: tuple[int, ...] = Field((1,), min_length=1)
+    n_views: int = Field(16, ge=0)
+    max_eval_images: int | None = Field(None, ge=1)
+    config: TrainConfig = TrainConfig()  # AAPE (+ its lambda = 0 twin unless lambda0 is False)
+    lambda0: bool = True
+    baselines: tuple[str, ...] = DEFAULT_BASELINES
+    force: bool = False
+    progress: bool = True
+    cpus_per_run: float = Field(1.0, gt=0)
+    gpus_per_run: float = Field(0.0, ge=0)
+    report_dir: str | None = None  # default: <home>/runs/grid-report
 
 
 class BuildDomainParams(_Params):

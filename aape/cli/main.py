@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from aape.cli import bank_generate, bank_store, features, pipeline, simulate, train
+from aape.cli import bank_generate, bank_store, features, grid, pipeline, simulate, train
 from prompt_banks.errors import UserError
 
 
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.register(sub)
     simulate.register(sub)
     pipeline.register(sub)
+    grid.register(sub)
     return parser
 
 

@@ -1,0 +1,249 @@
+"""Training grids as independent runs: list a protocol's runs as small picklable specs, then
+execute any one of them anywhere (a thread, a process, a Ray worker on another machine).
+
+A `RunSpec` names what to run, not the data: each worker loads its task from the stores (feature
+cache, bank store, few-shot manifests) by the spec's `TaskSource`, so no tensor travels with a
+run. `execute` trains and tests through the same per-run code as the serial protocols of
+`aape.protocols` and publishes `result.json` atomically; a complete run is read back, so a grid
+killed halfway resumes where it stopped. `prepare` extracts the features a grid will read once,
+before the fan-out, so workers only read.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aape import protocols
+from aape.config import TrainConfig
+from aape.data import Task
+from prompt_banks.clip import CLIPRef, LoadedCLIP, load_clip
+from prompt_banks.errors import UserError
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS = ("few-shot", "base-to-new", "cross-dataset", "domain-generalisation")
+
+_clips: dict[CLIPRef, LoadedCLIP] = {}
+_clips_lock = threading.Lock()
+
+
+def shared_clip(ref: CLIPRef) -> LoadedCLIP:
+    """The CLIP of `ref`, loaded once per process (a worker runs many runs; loading ViT-B/16
+    for each would cost more than a zero-shot run)."""
+    with _clips_lock:
+        if ref not in _clips:
+            _clips[ref] = load_clip(ref)
+        return _clips[ref]
+
+
+@dataclass(frozen=True)
+class TaskSource:
+    """Where a run's Task comes from: a registered dataset read through the stores of `home`,
+    or a bring-your-own-features folder. `name` is the task's name in run folders."""
+
+    name: str
+    dataset: str | None = None
+    features_dir: str | None = None
+    home: str | None = None
+    data_root: str | None = None
+    clip: CLIPRef | None = None  # a dataset's CLIP (a features folder holds its own features)
+    bank_domain: str | None = None
+    n_views: int | None = None  # augmented views per train image (None: the default 16)
+    max_eval_images: int | None = None  # per class in val/test (None: all)
+
+    def load(self, shots: int, seed: int) -> Task:
+        """The task of `shots` images per class drawn by `seed`, read from the stores."""
+        if self.features_dir is not None:
+            from aape.byof import load_task as load_byof
+            from prompt_banks.paths import banks_dir
+
+            store = banks_dir(self.home) if self.bank_domain else None
+            return load_byof(
+                self.features_dir,
+                bank_store=store,
+                bank_domain=self.bank_domain,
+                shots=shots,
+                seed=seed,
+            )
+        from aape.tasks import load_task
+
+        return load_task(
+            dataset=self._dataset(),
+            home=self.home,
+            clip=shared_clip(self._clip()),
+            bank_domain=self.bank_domain,
+            shots=shots,
+            seed=seed,
+            n_views=self.n_views,
+        )
+
+    def _clip(self) -> CLIPRef:
+        if self.clip is None:
+            raise UserError(f"clip: the source of dataset {self.name} needs a CLIP model")
+        return self.clip
+
+    def _dataset(self) -> Any:
+        from aape.datasets import load_dataset
+        from aape.tasks import trim_eval
+
+        assert self.dataset is not None
+        return trim_eval(load_dataset(self.dataset, self.data_root), self.max_eval_images)
+
+
+def dataset_source(dataset: str, **fields: Any) -> TaskSource:
+    """The source of a registered dataset, named as the dataset names itself (a `folder`
+    dataset's name says which folder, so two folders never share run folders)."""
+    from aape.datasets import load_dataset
+
+    name = load_dataset(dataset, fields.get("data_root")).name
+    return TaskSource(name=name, dataset=dataset, **fields)
+
+
+def byof_source(features_dir: str, **fields: Any) -> TaskSource:
+    return TaskSource(name=Path(features_dir).name, features_dir=features_dir, **fields)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a grid: protocol, task, config (seeded), shots, seed, and where it lands."""
+
+    protocol: str
+    source: TaskSource
+    config: TrainConfig
+    shots: int
+    seed: int
+    runs_root: str
+    targets: tuple[TaskSource, ...] = ()  # cross-dataset / domain generalisation test sets
+
+    @property
+    def folder(self) -> Path:
+        return protocols.run_dir(
+            Path(self.runs_root),
+            self.protocol,
+            self.source.name,
+            self.config,
+            f"k{self.shots}-s{self.seed}",
+        )
+
+    def label(self) -> str:
+        return f"{self.source.name} {self.config.tag()} k={self.shots} seed={self.seed}"
+
+
+def run_specs(
+    protocol: str,
+    source: TaskSource,
+    cfgs: Iterable[TrainConfig],
+    runs_root: str | Path,
+    *,
+    shots: Iterable[int] = protocols.FEW_SHOTS,
+    seeds: Iterable[int] = protocols.SEEDS,
+    targets: Iterable[TaskSource] = (),
+) -> list[RunSpec]:
+    """Every run of `protocol` on `source`, in the serial protocols' order (shots, seed, config);
+    base-to-new and the transfer protocols train at the largest shot count only. A config
+    listed twice is one run."""
+    if protocol not in PROTOCOLS:
+        raise UserError(f"protocol: '{protocol}' is unknown; use one of {', '.join(PROTOCOLS)}")
+    ks, cfgs, tgts = list(shots), list(cfgs), tuple(targets)
+    if not ks:
+        raise UserError("shots: give at least one shot count, e.g. 16")
+    if protocol != "few-shot":
+        ks = [max(ks)]
+    if protocol in ("cross-dataset", "domain-generalisation") and not tgts:
+        raise UserError(f"targets: protocol {protocol} needs at least one target dataset")
+    specs: dict[Path, RunSpec] = {}
+    for k in ks:
+        for seed in seeds:
+            for cfg in cfgs:
+                spec = RunSpec(
+                    protocol=protocol,
+                    source=source,
+                    config=cfg.model_copy(update={"seed": seed}),
+                    shots=k,
+                    seed=seed,
+                    runs_root=str(runs_root),
+                    targets=tgts if protocol not in ("few-shot", "base-to-new") else (),
+                )
+                specs.setdefault(spec.folder, spec)
+    return list(specs.values())
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to `threads` for a block (None: unchanged). Process-wide:
+    for a worker process that runs one run at a time, not for a thread pool."""
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def execute(
+    spec: RunSpec, *, force: bool = False, progress: bool = False, threads: int | None = None
+) -> dict[str, Any]:
+    """Run `spec` (or read back its complete record) and return its record."""
+    folder = spec.folder
+    done = protocols.completed_run(folder, force)
+    if done is not None:
+        return done
+    with torch_threads(threads):
+        task = spec.source.load(spec.shots, spec.seed)
+        args = (spec.config, folder)
+        if spec.protocol == "few-shot":
+            return protocols.few_shot_run(task, *args, spec.shots, spec.seed, progress)
+        if spec.protocol == "base-to-new":
+            return protocols.base_to_new_run(task, *args, spec.shots, spec.seed, progress)
+        # The target tasks' train split is never read: one shot, seed 0 (as `aape eval`).
+        targets = {t.name: t.load(1, 0) for t in spec.targets}
+        return protocols.transfer_run(
+            task, targets, *args, protocol=spec.protocol, shots=spec.shots, seed=spec.seed,
+            progress=progress,
+        )  # fmt: skip
+
+
+def prepare(specs: Iterable[RunSpec], *, progress: bool = True) -> int:
+    """Extract, once, every feature the runs of `specs` read that the cache lacks (the
+    few-shot train draws with their views, the val/test images of sources and targets), so the
+    workers of a fan-out only read. Returns the number of feature rows computed."""
+    from aape.datasets.base import DEFAULT_VIEWS
+    from aape.features import extract_records
+    from aape.tasks import task_records
+
+    draws: dict[TaskSource, set[tuple[int, int]]] = {}
+    for spec in specs:
+        draws.setdefault(spec.source, set()).add((spec.shots, spec.seed))
+        for target in spec.targets:
+            draws.setdefault(target, set()).add((1, 0))
+    computed = 0
+    for source, pairs in draws.items():
+        if source.dataset is None:  # bring-your-own features: nothing to extract
+            continue
+        ds = source._dataset()
+        records = {}
+        for k in sorted({k for k, _ in pairs}):
+            seeds = sorted(s for kk, s in pairs if kk == k)
+            for r in task_records(ds, shots=k, seeds=seeds):
+                records[(r.split, r.image_id)] = r
+        report = extract_records(
+            list(records.values()),
+            shared_clip(source._clip()),
+            source.home,
+            dataset=ds.name,
+            n_views=DEFAULT_VIEWS if source.n_views is None else source.n_views,
+            progress=progress,
+        )
+        computed += report.computed
+    return computed
