@@ -101,11 +101,18 @@ def run_one(spec: grid.RunSpec, force: bool, threads: int | None) -> dict[str, A
     return grid.execute(spec, force=force, threads=threads)
 
 
-def fan_out(specs: list[grid.RunSpec], params: GridParams) -> list[dict[str, Any]]:
-    """One mapped task per run, with the run's resource requests; the records in spec order."""
-    with run_resources(params.cpus_per_run, params.gpus_per_run) as threads:
-        futures = run_one.map(specs, unmapped(params.force), unmapped(threads))
+def fan_out(
+    specs: list[grid.RunSpec], *, force: bool = False, cpus: float = 1.0, gpus: float = 0.0
+) -> list[dict[str, Any]]:
+    """One mapped task per run, each asking for `cpus` and `gpus` on Ray; the records in spec
+    order. Call it inside a flow: the flow's task runner runs the tasks."""
+    with run_resources(cpus, gpus) as threads:
+        futures = run_one.map(specs, unmapped(force), unmapped(threads))
     return futures.result()
+
+
+def _fan_out(specs: list[grid.RunSpec], params: GridParams) -> list[dict[str, Any]]:
+    return fan_out(specs, force=params.force, cpus=params.cpus_per_run, gpus=params.gpus_per_run)
 
 
 def summary(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -140,7 +147,7 @@ def _evaluate_name() -> str:
 def evaluate(params: EvaluateParams) -> dict[str, Any]:
     """Run (or read back) every method at every (shots, seed), one task each; the report."""
     grid_params = as_grid(params)
-    records = fan_out(plan_runs(grid_params), grid_params)
+    records = _fan_out(plan_runs(grid_params), grid_params)
     return {"runs": summary(records), "report": report(params)}
 
 
@@ -154,7 +161,7 @@ def _grid_name() -> str:
 @flow(name="evaluate_grid", flow_run_name=_grid_name, task_runner=make_task_runner())
 def evaluate_grid(params: GridParams) -> dict[str, Any]:
     """Every run of a grid over many datasets, one task each; one combined report."""
-    records = fan_out(plan_runs(params), params)
+    records = _fan_out(plan_runs(params), params)
     return {
         "runs": summary(records),
         "report": combined_report(records, str(report_dir(params))),

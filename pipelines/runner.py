@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from prefect.context import FlowRunContext
+from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 
 # `AAPE_RAY_ADDRESS=127.0.0.1:6379` (a `ray start --head` cluster, see infra/ray/) or
@@ -66,3 +67,26 @@ def run_resources(cpus: float, gpus: float) -> Iterator[int | None]:
         yield threads
     else:
         yield None
+
+
+@contextmanager
+def shared_api(timeout_s: int = 180) -> Iterator[None]:
+    """Flows in the block, and the worker processes they spawn, report to one Prefect API.
+
+    With PREFECT_API_URL set, that server. Without, one throwaway server for the block, named
+    to the spawned workers through PREFECT_API_URL (else each worker process would start its
+    own, tens of seconds each on a busy machine)."""
+    if get_current_settings().api.url:
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start(timeout=timeout_s)
+    os.environ[PREFECT_API_URL.name] = server.api_url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            yield
+    finally:
+        os.environ.pop(PREFECT_API_URL.name, None)
+        server.stop()

@@ -92,13 +92,14 @@ def handle_grid(args: argparse.Namespace) -> int:
     params = grid_params(args)
     from aape.cli.pipeline import _quiet_http
     from pipelines.evaluate import evaluate_grid
-    from pipelines.runner import make_task_runner
+    from pipelines.runner import make_task_runner, shared_api
 
     _quiet_http(args)
     runner = make_task_runner(
         args.ray_address, threads=args.workers, processes=args.pool == "processes"
     )
-    result = evaluate_grid.with_options(task_runner=runner)(params)
+    with shared_api():
+        result = evaluate_grid.with_options(task_runner=runner)(params)
     markdown = Path(result["report"]["markdown"])
     print(markdown.read_text(encoding="utf-8"))
     if args.json:
