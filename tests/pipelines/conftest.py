@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 from fake_images import image_folder
+from ports import free_port
 
 CLASSES = ["gauzy", "meshed", "cracked"]
 TEXTS_PER_CLASS = 8
@@ -70,12 +70,6 @@ def tiny_domain(tmp_path_factory: pytest.TempPathFactory, shared_banks: Path) ->
     (root / "spec.yaml").write_text(yaml.safe_dump(spec))
     images = image_folder(root / "images", CLASSES, {"train": 4, "val": 1, "test": 2})
     return TinyDomain("tiny-textures", root / "spec.yaml", root / "textures.json", images)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 REPO = Path(__file__).resolve().parents[2]
