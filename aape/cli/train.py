@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from aape.cli.common import add_clip, add_home, command, int_list
 from aape.config import TrainConfig, load_config
 from prompt_banks.errors import UserError
-from prompt_banks.paths import artifacts_dir, banks_dir, runs_dir
+from prompt_banks.paths import artifacts_dir, runs_dir
 
 if TYPE_CHECKING:
     from aape.data import Task
@@ -43,39 +43,21 @@ def _task_factory(args: argparse.Namespace) -> tuple[str, Callable[[int, int], T
     """(task name, make_task(shots, seed)); the loaders are imported only when used."""
     if bool(args.dataset) == bool(args.features_dir):
         raise UserError("task: pass exactly one of --dataset NAME or --features-dir DIR")
-    if args.features_dir:
-        from aape.byof import load_task as load_byof
-
-        store = banks_dir(args.home) if args.bank_domain else None
-
-        def make_byof(shots: int, seed: int) -> Task:
-            return load_byof(
-                args.features_dir,
-                bank_store=store,
-                bank_domain=args.bank_domain,
-                shots=shots,
-                seed=seed,
-            )
-
-        return Path(args.features_dir).name, make_byof
-
-    from aape.tasks import load_task
+    from aape.grid import TaskSource, byof_source
     from prompt_banks.clip import CLIPRef
 
-    ref = CLIPRef(args.clip_model, args.pretrained)
-
-    def make(shots: int, seed: int) -> Task:
-        return load_task(
+    if args.features_dir:
+        source = byof_source(args.features_dir, home=args.home, bank_domain=args.bank_domain)
+    else:
+        source = TaskSource(
+            name=args.dataset,
             dataset=args.dataset,
             home=args.home,
-            clip=ref,
-            bank_domain=args.bank_domain,
-            shots=shots,
-            seed=seed,
             data_root=args.data_root,
+            clip=CLIPRef(args.clip_model, args.pretrained),
+            bank_domain=args.bank_domain,
         )
-
-    return args.dataset, make
+    return source.name, source.load
 
 
 def _config(args: argparse.Namespace) -> TrainConfig:

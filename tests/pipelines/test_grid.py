@@ -217,22 +217,9 @@ def test_aape_grid_runs_two_datasets_and_writes_the_average(
 ) -> None:
     path = grid_file(tiny_domain, tmp_path, embedded_home, second_folder)
     out = tmp_path / "report"
-    assert (
-        main(
-            [
-                "grid",
-                "--grid-file",
-                str(path),
-                "--workers",
-                "2",
-                "--pool",
-                "threads",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    argv = ["grid", "--grid-file", str(path), "--workers", "2", "--pool", "threads"]
+    argv += ["--out", str(out)]
+    assert main(argv) == 0
     md = (out / "report.md").read_text()
     tasks = {line.split(" | ")[0].strip("| ") for line in md.splitlines() if "| aape" in line}
     assert len(tasks) == 3 and "Average" in tasks  # two datasets + the Average row
@@ -241,22 +228,7 @@ def test_aape_grid_runs_two_datasets_and_writes_the_average(
     # Again: every run is read back (same records), nothing trains.
     files = sorted((embedded_home / "runs").rglob(protocols.RESULT_NAME))
     stamps = [f.read_bytes() for f in files]
-    assert (
-        main(
-            [
-                "grid",
-                "--grid-file",
-                str(path),
-                "--workers",
-                "2",
-                "--pool",
-                "threads",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert main(argv) == 0
     assert [f.read_bytes() for f in files] == stamps and len(files) == 12
 
 
