@@ -73,20 +73,26 @@ def run_resources(cpus: float, gpus: float) -> Iterator[int | None]:
 def shared_api(timeout_s: int = 180) -> Iterator[None]:
     """Flows in the block, and the worker processes they spawn, report to one Prefect API.
 
-    With PREFECT_API_URL set, that server. Without, one throwaway server for the block, named
-    to the spawned workers through PREFECT_API_URL (else each worker process would start its
-    own, tens of seconds each on a busy machine)."""
-    if get_current_settings().api.url:
-        yield
-        return
-    from prefect.server.api.server import SubprocessASGIServer
+    The configured one (PREFECT_API_URL, a profile, a test harness), else a throwaway server for
+    the block; either is named to the spawned workers through $PREFECT_API_URL (else each
+    worker process would start its own server, tens of seconds each on a busy machine)."""
+    url = get_current_settings().api.url
+    server = None
+    if not url:
+        from prefect.server.api.server import SubprocessASGIServer
 
-    server = SubprocessASGIServer()
-    server.start(timeout=timeout_s)
-    os.environ[PREFECT_API_URL.name] = server.api_url
+        server = SubprocessASGIServer()
+        server.start(timeout=timeout_s)
+        url = server.api_url
+    before = os.environ.get(PREFECT_API_URL.name)
+    os.environ[PREFECT_API_URL.name] = url
     try:
-        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+        with temporary_settings(updates={PREFECT_API_URL: url}):
             yield
     finally:
-        os.environ.pop(PREFECT_API_URL.name, None)
-        server.stop()
+        if before is None:
+            os.environ.pop(PREFECT_API_URL.name, None)
+        else:
+            os.environ[PREFECT_API_URL.name] = before
+        if server is not None:
+            server.stop()

@@ -232,6 +232,20 @@ def test_aape_grid_runs_two_datasets_and_writes_the_average(
     assert [f.read_bytes() for f in files] == stamps and len(files) == 12
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_api")
+def test_aape_grid_on_worker_processes(tiny_domain, embedded_home: Path, capsys) -> None:
+    """The default local pool: spawned worker processes that report to this session's API."""
+    argv = ["grid", "--datasets", "folder", "--bank-domains", tiny_domain.domain]
+    argv += ["--data-root", str(tiny_domain.images), "--home", str(embedded_home)]
+    argv += ["--shots", "1,2", "--seeds", "1", "--views", "1", "--baselines", "zeroshot,cupl"]
+    argv += ["--no-lambda0", "--set", "epochs=1", "--set", "recipe=adamw", "--workers", "2"]
+    assert main(argv) == 0
+    assert "6 runs" in capsys.readouterr().out
+    records = [json.loads(f.read_text()) for f in (embedded_home / "runs").rglob("result.json")]
+    assert len(records) == 6 and all(r["complete"] for r in records)
+
+
 def test_aape_grid_refuses_bad_input_before_prefect(tmp_path: Path, capsys) -> None:
     bad = tmp_path / "grid.yaml"
     bad.write_text("datasets: []\n")
