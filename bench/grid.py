@@ -43,9 +43,12 @@ def specs_for(features: Path, runs_root: Path, runs: int, epochs: int) -> list[g
 
 
 @flow(name="bench_grid")
-def bench_grid(features: str, runs_root: str, runs: int, epochs: int, workers: int) -> float:
-    """The grid's wall time on this flow's task runner: the runs only, after one zero-shot run
-    per worker has started the workers (process spawn, imports: not what a grid scales)."""
+def bench_grid(
+    features: str, runs_root: str, runs: int, epochs: int, workers: int
+) -> tuple[float, float]:
+    """The grid's wall time on this flow's task runner, and the runs' summed training time:
+    the runs only, after one zero-shot run per worker has started the workers (process spawn,
+    imports: not what a grid scales)."""
     warm = grid.run_specs(
         "few-shot",
         grid.byof_source(features),
@@ -60,7 +63,7 @@ def bench_grid(features: str, runs_root: str, runs: int, epochs: int, workers: i
     records = fan_out(specs)
     wall = time.perf_counter() - start
     assert len(records) == runs and all(r["complete"] for r in records)
-    return wall
+    return wall, sum(r["train_seconds"] for r in records)
 
 
 def main() -> None:
@@ -80,13 +83,13 @@ def main() -> None:
             walls[n] = bench_grid.with_options(task_runner=_runner(args.runner, n))(
                 str(features), str(tmp / f"runs-{n}"), args.runs, args.epochs, n
             )
-    ratio = walls[1] / walls[args.workers]
+    (one, one_train), (many, many_train) = walls[1], walls[args.workers]
     print(
         f"grid of {args.runs} runs ({args.classes} classes x 16 shots x 17 views, "
-        f"{args.epochs} epochs, d=512) on {args.runner}: 1 worker {walls[1]:.1f} s, "
-        f"{args.workers} workers {walls[args.workers]:.1f} s; ratio {ratio:.2f} "
-        f"(goal >= {0.8 * args.workers:.1f}; {os.cpu_count()} cores, load "
-        f"{os.getloadavg()[0]:.1f})"
+        f"{args.epochs} epochs, d=512) on {args.runner}: 1 worker {one:.1f} s "
+        f"(training {one_train:.1f} s of it), {args.workers} workers {many:.1f} s (summed "
+        f"training {many_train:.1f} s); ratio {one / many:.2f} (goal >= "
+        f"{0.8 * args.workers:.1f}; {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f})"
     )
 
 

@@ -32,7 +32,9 @@ from prompt_banks.paths import runs_dir
 SUMMARY_KEYS = ("method", "shots", "seed", "acc1", "mean_per_class_recall", "n_images", "model_id")
 
 
-def method_configs(config: TrainConfig, baselines: tuple[str, ...], lambda0: bool = True) -> list:
+def method_configs(
+    config: TrainConfig, baselines: tuple[str, ...], lambda0: bool = True
+) -> list[TrainConfig]:
     """AAPE (with its lambda = 0 twin), and each baseline sharing the AAPE config's fields."""
     cfgs = with_lambda0(config) if lambda0 else [config]
     for b in baselines:
@@ -43,10 +45,6 @@ def method_configs(config: TrainConfig, baselines: tuple[str, ...], lambda0: boo
                 f"baselines: '{b}' is not a method; use zeroshot, cupl or linear_probe"
             ) from None
     return cfgs
-
-
-def configs(params: EvaluateParams) -> list[TrainConfig]:
-    return method_configs(params.config, params.baselines)
 
 
 def as_grid(params: EvaluateParams) -> GridParams:
