@@ -357,9 +357,11 @@ def load_task(
     bank_domain: str | None = None,
     shots: int | None = None,
     seed: int = 1,
+    shots_policy: str = "error",
 ) -> Task:
     """Read a bring-your-own-features folder into a `Task`; with `shots`, the training split
-    keeps K images per class (all their views), picked by the project's few-shot rule for `seed`.
+    keeps K images per class (all their views), picked by the project's few-shot rule for `seed`
+    (a class with fewer than K is an error unless `shots_policy` is "all-available").
 
     The prompt bank comes from `prompts.parquet`, or, when `bank_domain` is given, from that domain
     in `bank_store` (a `prompt_banks.store.BankStore` or its root path) for the folder's model_id;
@@ -407,7 +409,7 @@ def load_task(
         val=splits.get("val"),
         model_id=meta["model_id"],
     )
-    return task if shots is None else select_shots(task, shots, seed)
+    return task if shots is None else select_shots(task, shots, seed, shots_policy)
 
 
 def keep_images(fs: FeatureSet, image_ids: set[str]) -> FeatureSet:
@@ -424,11 +426,12 @@ def keep_images(fs: FeatureSet, image_ids: set[str]) -> FeatureSet:
     )
 
 
-def select_shots(task: Task, shots: int, seed: int) -> Task:
+def select_shots(task: Task, shots: int, seed: int, policy: str = "error") -> Task:
     """`task` with K training images per class (every view of each), chosen by
-    `aape.fewshot.fewshot_manifest`: a pure function of (image ids + labels, K, seed)."""
+    `aape.fewshot.fewshot_manifest`: a pure function of (image ids + labels, K, seed). Fewer
+    than K images in a class: see `aape.fewshot.require_shots`; the task records the policy."""
     from aape.datasets.base import ImageRecord
-    from aape.fewshot import fewshot_manifest
+    from aape.fewshot import fewshot_manifest, require_shots, short_classes
 
     train = task.train
     if not train.image_ids:
@@ -441,8 +444,15 @@ def select_shots(task: Task, shots: int, seed: int) -> Task:
         ImageRecord(image_id=i, label=y, classname=task.texts.names[y], split="train", source=i)
         for i, y in zip(train.image_ids, label_of.tolist(), strict=True)
     ]
-    chosen = fewshot_manifest(records, shots, seed, dataset=task.name).selected()
-    return replace(task, train=keep_images(train, chosen))
+    short = short_classes(records, shots, len(task.texts.names))
+    require_shots(
+        short, shots, policy, dataset=task.name, describe=lambda c: repr(task.texts.names[c])
+    )
+    chosen = fewshot_manifest(records, shots, seed, dataset=task.name, policy=policy).selected()
+    provenance = {"shots_policy": policy, "short_classes": {str(c): n for c, n in short.items()}}
+    return replace(
+        task, train=keep_images(train, chosen), provenance={**task.provenance, **provenance}
+    )
 
 
 def _bank_from_store(

@@ -40,6 +40,9 @@ class TrainConfig(BaseModel):
     # Head g and class embeddings
     head_residual: bool = True  # w_c(x) = w_c + g([w_c ; h(x)]), last layer zero-initialised
     class_embed: ClassEmbed = "template"
+    # Bank pruning: keep only descriptions whose margin on the training shots is above this
+    # (aape.bank_quality.prune_bank); None keeps the whole bank.
+    prune_margin: float | None = None
     # Losses
     lambda_distill: float = Field(5.0, ge=0.0)
     reward_scale: float = Field(2.5, ge=0.0)  # s in L_reward = -s * max(cos(x, p_a), 0)
@@ -82,11 +85,12 @@ class TrainConfig(BaseModel):
 
     def tag(self) -> str:
         """Short, readable name of what runs, for run directories and tables."""
+        pruned = "" if self.prune_margin is None else f"-prune{self.prune_margin:g}"
         if self.method != "aape":
-            return self.method
+            return self.method + pruned
         parts = [f"aape-{self.aggregator}", f"lam{self.lambda_distill:g}", self.class_embed]
         parts.append(self.recipe.replace("_", ""))
-        return "-".join(parts)
+        return "-".join(parts) + pruned
 
 
 def _coerce(value: str) -> Any:

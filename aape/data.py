@@ -8,6 +8,7 @@ reads one. All embeddings are L2-normalised float32 on the CPU; consumers move t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -106,6 +107,8 @@ class Task:
     test: FeatureSet
     val: FeatureSet | None = None
     model_id: str = ""  # CLIP model id that produced every embedding here
+    # What the task was built from, for the run record (images used per split, shots policy, ...)
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for split in ("train", "test", "val"):

@@ -30,6 +30,8 @@ from prompt_banks.errors import UserError
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("few-shot", "base-to-new", "cross-dataset", "domain-generalisation")
+# A transfer target's train split is never read: one shot, seed 0 (as `aape eval`).
+TARGET_DRAW = (1, 0)
 
 _clips: dict[CLIPRef, LoadedCLIP] = {}
 _clips_lock = threading.Lock()
@@ -58,6 +60,8 @@ class TaskSource:
     bank_domain: str | None = None
     n_views: int | None = None  # augmented views per train image (None: the default 16)
     max_eval_images: int | None = None  # per class in val/test (None: all)
+    max_missing: int = 0  # missing or unreadable images tolerated (aape.tasks)
+    shots_policy: str = "error"  # a class with fewer than K train images (aape.fewshot)
 
     def load(self, shots: int, seed: int) -> Task:
         """The task of `shots` images per class drawn by `seed`, read from the stores."""
@@ -72,30 +76,35 @@ class TaskSource:
                 bank_domain=self.bank_domain,
                 shots=shots,
                 seed=seed,
+                shots_policy=self.shots_policy,
             )
-        from aape.tasks import load_task
+        return self.prepare(shots, seed, progress=False).task
 
-        return load_task(
-            dataset=self._dataset(),
+    def prepare(self, shots: int, seed: int, *, progress: bool = True) -> Any:
+        """`aape.tasks.prepare_task` for this dataset: extracts what the cache lacks."""
+        from aape.datasets import load_dataset
+        from aape.tasks import prepare_task, trim_eval
+
+        if self.dataset is None:
+            raise UserError(f"dataset: {self.name} is a features folder; it has nothing to extract")
+        ds = trim_eval(load_dataset(self.dataset, self.data_root), self.max_eval_images)
+        return prepare_task(
+            dataset=ds,
             home=self.home,
             clip=shared_clip(self._clip()),
             bank_domain=self.bank_domain,
             shots=shots,
             seed=seed,
             n_views=self.n_views,
+            progress=progress,
+            max_missing=self.max_missing,
+            shots_policy=self.shots_policy,
         )
 
     def _clip(self) -> CLIPRef:
         if self.clip is None:
             raise UserError(f"clip: the source of dataset {self.name} needs a CLIP model")
         return self.clip
-
-    def _dataset(self) -> Any:
-        from aape.datasets import load_dataset
-        from aape.tasks import trim_eval
-
-        assert self.dataset is not None
-        return trim_eval(load_dataset(self.dataset, self.data_root), self.max_eval_images)
 
 
 def dataset_source(dataset: str, **fields: Any) -> TaskSource:
@@ -206,8 +215,7 @@ def execute(
             return protocols.few_shot_run(task, *args, spec.shots, spec.seed, progress)
         if spec.protocol == "base-to-new":
             return protocols.base_to_new_run(task, *args, spec.shots, spec.seed, progress)
-        # The target tasks' train split is never read: one shot, seed 0 (as `aape eval`).
-        targets = {t.name: t.load(1, 0) for t in spec.targets}
+        targets = {t.name: t.load(*TARGET_DRAW) for t in spec.targets}
         return protocols.transfer_run(
             task, targets, *args, protocol=spec.protocol, shots=spec.shots, seed=spec.seed,
             progress=progress,
@@ -215,35 +223,19 @@ def execute(
 
 
 def prepare(specs: Iterable[RunSpec], *, progress: bool = True) -> int:
-    """Extract, once, every feature the runs of `specs` read that the cache lacks (the
-    few-shot train draws with their views, the val/test images of sources and targets), so the
-    workers of a fan-out only read. Returns the number of feature rows computed."""
-    from aape.datasets.base import DEFAULT_VIEWS
-    from aape.features import extract_records
-    from aape.tasks import task_records
-
+    """Extract, once, every feature the runs of `specs` read that the cache lacks (each
+    few-shot draw with its views, the val/test images of sources and targets), and write their
+    few-shot manifests, so the workers of a fan-out only read. Returns the feature rows
+    computed."""
     draws: dict[TaskSource, set[tuple[int, int]]] = {}
     for spec in specs:
         draws.setdefault(spec.source, set()).add((spec.shots, spec.seed))
         for target in spec.targets:
-            draws.setdefault(target, set()).add((1, 0))
+            draws.setdefault(target, set()).add(TARGET_DRAW)
     computed = 0
     for source, pairs in draws.items():
         if source.dataset is None:  # bring-your-own features: nothing to extract
             continue
-        ds = source._dataset()
-        records = {}
-        for k in sorted({k for k, _ in pairs}):
-            seeds = sorted(s for kk, s in pairs if kk == k)
-            for r in task_records(ds, shots=k, seeds=seeds):
-                records[(r.split, r.image_id)] = r
-        report = extract_records(
-            list(records.values()),
-            shared_clip(source._clip()),
-            source.home,
-            dataset=ds.name,
-            n_views=DEFAULT_VIEWS if source.n_views is None else source.n_views,
-            progress=progress,
-        )
-        computed += report.computed
+        for shots, seed in sorted(pairs):
+            computed += source.prepare(shots, seed, progress=progress).extraction.computed
     return computed

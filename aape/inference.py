@@ -124,8 +124,7 @@ class AAPEClassifier:
         """w_c for each name under the artifact's `class_embed` switch, [C, d]."""
         if not class_names:
             raise UserError("classes: give at least one class name")
-        if len(set(class_names)) != len(class_names):
-            raise UserError("classes: a class name is repeated; give each class once")
+        _check_distinct(class_names)
         kind = self.config.class_embed
         if kind == "bank_mean":
             return F.normalize(self._bank_mean(class_names), dim=-1)
@@ -189,6 +188,19 @@ class AAPEClassifier:
         pil = [_open(im) for im in images]
         x = encode_images(self.clip, pil, batch_size=batch_size)
         return self.predict_features(x, class_names, top_k=top_k)
+
+
+def _check_distinct(class_names: list[str]) -> None:
+    """Names the bank spells alike ("red apple", "Red Apple") are one class to it, so they are
+    one class here too: a list that gives one class twice is refused, naming both spellings."""
+    seen: dict[str, str] = {}
+    for name in class_names:
+        key = canonical_class_name(name)
+        if key in seen:
+            first = seen[key]
+            same = "is repeated" if first == name else f"and '{first}' are one class to the bank"
+            raise UserError(f"classes: '{name}' {same}; give each class once")
+        seen[key] = name
 
 
 def _open(image: Image.Image | str | Path) -> Image.Image:

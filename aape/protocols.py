@@ -90,6 +90,7 @@ def _record(
             "train_seconds": result.train_seconds,
             "created_at": datetime.now(UTC).isoformat(),
             "complete": True,
+            "data": task.provenance,  # images used per split, shots policy, shared prompts
             **metrics,
         }
     )
@@ -186,6 +187,7 @@ def transfer_run(
             per_target[name] = {"acc1": float("nan")}
         else:
             per_target[name] = evaluate(result.classifier, target.test, target.texts)
+        per_target[name]["data"] = target.provenance
     metrics = {**per_target["source"], "targets": per_target}
     return _publish(_record(protocol, source, result, shots, seed, metrics), folder)
 

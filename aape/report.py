@@ -80,6 +80,9 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for health in ("teacher_acc", "student_acc"):
             mean, _ = _mean_std([100 * r["health"].get(health, float("nan")) for r in recs])
             row[health] = mean
+        short = {k for r in recs for k in (r.get("data") or {}).get("short_classes") or {}}
+        if short:  # trained under --shots-policy all-available on fewer than `shots` images
+            row["short_classes"] = len(short)
         rows.append(row)
     for method in sorted({r["method"] for r in rows if r["protocol"] == "base-to-new"}):
         per_task = [r for r in rows if r["protocol"] == "base-to-new" and r["method"] == method]
@@ -121,7 +124,10 @@ def markdown(rows: list[dict[str, Any]], plots: list[Path] | None = None) -> str
         head = ["task", "method", "shots", "seeds", *metrics, "teacher_acc", "student_acc"]
         out += [f"## {protocol}", "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
         for r in (r for r in rows if r["protocol"] == protocol):
-            cells = [r["task"], r["method"], str(r["shots"]), str(r["seeds"])]
+            shots = str(r["shots"])
+            if r.get("short_classes"):
+                shots += f" (all-available, {r['short_classes']} short)"
+            cells = [r["task"], r["method"], shots, str(r["seeds"])]
             cells += [_fmt(r.get(f"{m}_mean"), r.get(f"{m}_std")) for m in metrics]
             cells += [_fmt(r.get("teacher_acc")), _fmt(r.get("student_acc"))]
             out.append("| " + " | ".join(cells) + " |")

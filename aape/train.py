@@ -8,10 +8,11 @@ the run saves (atomically) and resumes exactly where it stopped.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from aape.bank_quality import PrunedClassifier, prune_bank
 from aape.baselines import Classifier, LinearProbe, TextClassifier, train_linear_probe
 from aape.config import TrainConfig
 from aape.data import ClassTexts, FeatureSet, Task
@@ -137,8 +139,12 @@ def health_metrics(
 
 def _save_atomic(obj: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Serialise in memory first: torch.save reports a failed file write (a full disk) as a
+    # RuntimeError with no errno, while a plain write raises the OSError that says what happened.
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def _check_task(task: Task, cfg: TrainConfig) -> None:
@@ -161,7 +167,19 @@ def _check_task(task: Task, cfg: TrainConfig) -> None:
             )
 
 
-def train(
+def train(task: Task, cfg: TrainConfig, **options: Any) -> TrainResult:
+    """Train `cfg.method` on `task` (`options`: those of `_train`). With `cfg.prune_margin`, on
+    the bank pruned by the descriptions' margins on the training shots; the classifier then
+    scores its training classes with that bank."""
+    if cfg.prune_margin is None or task.texts.bank is None:
+        return _train(task, cfg, **options)
+    pruned = prune_bank(task.texts, task.train, cfg.prune_margin)
+    result = _train(replace(task, texts=pruned), cfg, **options)
+    result.classifier = PrunedClassifier(result.classifier, pruned)
+    return result
+
+
+def _train(
     task: Task,
     cfg: TrainConfig,
     *,

@@ -7,8 +7,17 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from aape.cli import bank_generate, bank_store, features, grid, pipeline, simulate, train
-from prompt_banks.errors import UserError
+from aape.cli import (
+    bank_generate,
+    bank_quality,
+    bank_store,
+    features,
+    grid,
+    pipeline,
+    simulate,
+    train,
+)
+from prompt_banks.errors import UserError, os_error_line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     bank_sub = bank.add_subparsers(dest="bank_command", required=True, metavar="BANK_COMMAND")
     bank_store.register(bank_sub)
     bank_generate.register(bank_sub)
+    bank_quality.register(bank_sub)
     features.register(sub)
     train.register(sub)
     simulate.register(sub)
@@ -46,6 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # the environment (disk full, read-only or missing folder)
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
+        return UserError.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -126,14 +126,13 @@ def _demo(args: argparse.Namespace) -> int:
     _quiet_http(args)
     from prompt_banks.paths import local_home
 
+    # The home must be writable before any flow starts (an OSError here is the CLI's one line).
+    home = local_home(args.home, "demo runs").resolve()
+    home.mkdir(parents=True, exist_ok=True)
     # Without a server, Prefect keeps its run history in a SQLite file under PREFECT_HOME; the
     # demo's goes beside its data (and is not shared with other Prefect work on the machine).
     if not os.environ.get("PREFECT_API_URL"):
-        prefect_home = Path(
-            os.environ.setdefault(
-                "PREFECT_HOME", str(local_home(args.home, "demo runs").resolve() / "prefect")
-            )
-        )
+        prefect_home = Path(os.environ.setdefault("PREFECT_HOME", str(home / "prefect")))
         prefect_home.mkdir(parents=True, exist_ok=True)  # its server does not create the folder
         # Its first start creates and migrates that database: more than Prefect's default 20 s
         # on a busy 2-core machine.

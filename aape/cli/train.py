@@ -9,8 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aape.cli.common import add_clip, add_home, command, int_list
+from aape.cli.common import add_clip, add_home, command, int_list, positive_int
+from aape.cli.features import add_image_checks
 from aape.config import TrainConfig, load_config
+from aape.fewshot import SHOTS_POLICIES
 from prompt_banks.errors import UserError
 from prompt_banks.paths import artifacts_dir, runs_dir
 
@@ -25,6 +27,14 @@ def _add_task_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--bank-domain", help="prompt-bank domain in the store for the classes")
     src.add_argument("--data-root", help="where the dataset's files are (default: its registry)")
     src.add_argument("--seed", type=int, default=1, help="few-shot sampling and training seed")
+    add_image_checks(src)
+    src.add_argument(
+        "--shots-policy",
+        choices=SHOTS_POLICIES,
+        default="error",
+        help="a class with fewer training images than --shots: error (default) or train it on "
+        "all it has (all-available; the run records it and the report marks it)",
+    )
     add_home(p)
     add_clip(p)
     cfg = p.add_argument_group("training config")
@@ -47,7 +57,12 @@ def _task_factory(args: argparse.Namespace) -> tuple[str, Callable[[int, int], T
     from prompt_banks.clip import CLIPRef
 
     if args.features_dir:
-        source = byof_source(args.features_dir, home=args.home, bank_domain=args.bank_domain)
+        source = byof_source(
+            args.features_dir,
+            home=args.home,
+            bank_domain=args.bank_domain,
+            shots_policy=args.shots_policy,
+        )
     else:
         source = TaskSource(
             name=args.dataset,
@@ -56,6 +71,8 @@ def _task_factory(args: argparse.Namespace) -> tuple[str, Callable[[int, int], T
             data_root=args.data_root,
             clip=CLIPRef(args.clip_model, args.pretrained),
             bank_domain=args.bank_domain,
+            max_missing=args.max_missing,
+            shots_policy=args.shots_policy,
         )
     return source.name, source.load
 
@@ -83,6 +100,7 @@ def handle_train(args: argparse.Namespace) -> int:
         if args.out
         else runs_dir(args.home) / "train" / f"{name}-{cfg.tag()}-k{args.shots}-s{args.seed}"
     )
+    out.mkdir(parents=True, exist_ok=True)  # an unwritable --out fails now, not after training
     if args.force and (out / "checkpoint.pt").exists():
         (out / "checkpoint.pt").unlink()
     result = train(task, cfg, checkpoint_dir=out, progress=not args.quiet)
@@ -98,6 +116,7 @@ def handle_train(args: argparse.Namespace) -> int:
         "train_seconds": result.train_seconds,
         "class_names": task.texts.names,
         "complete": result.complete,
+        "data": task.provenance,
         "clip": None
         if args.features_dir
         else {"model": args.clip_model, "pretrained": args.pretrained},
@@ -142,6 +161,8 @@ def _target_factories(args: argparse.Namespace, cfg: TrainConfig) -> dict[str, C
             shots=1,
             seed=0,
             data_root=args.data_root,  # CoOp layout: one root for all datasets
+            max_missing=args.max_missing,
+            shots_policy="all-available",  # its train split is never used
         )
 
     return {t: factory(t, domains[i] if domains else None) for i, t in enumerate(names)}
@@ -260,6 +281,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         aape train --dataset textile-defects --bank-domain textile --shots 4
         aape train --features-dir my-features --set recipe=adamw --set lambda_distill=0
         aape train --dataset animal-mnist --bank-domain animals --set method=linear_probe
+        aape train --dataset dtd --data-root ~/data --shots 16 --max-missing 5 \\
+            --shots-policy all-available   # a few files lost, some classes under 16 images
         """,
     )
     _add_task_args(p)
@@ -348,7 +371,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_clip(p, default_model=None)
     p.add_argument("--classes", help="comma-separated class names")
     p.add_argument("--classes-file", help="file with one class name per line")
-    p.add_argument("--top-k", type=int, default=3, help="classes shown per image")
+    p.add_argument("--top-k", type=positive_int, default=3, help="classes shown per image")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("images", nargs="+", help="image files")
     p.set_defaults(func=handle_predict)
