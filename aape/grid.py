@@ -11,13 +11,12 @@ before the fan-out, so workers only read.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -27,7 +26,8 @@ from aape.data import Task
 from prompt_banks.clip import CLIPRef, LoadedCLIP, load_clip
 from prompt_banks.errors import UserError
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from aape.tasks import PreparedTask
 
 PROTOCOLS = ("few-shot", "base-to-new", "cross-dataset", "domain-generalisation")
 # A transfer target's train split is never read: one shot, seed 0 (as `aape eval`).
@@ -80,7 +80,7 @@ class TaskSource:
             )
         return self.prepare(shots, seed, progress=False).task
 
-    def prepare(self, shots: int, seed: int, *, progress: bool = True) -> Any:
+    def prepare(self, shots: int, seed: int, *, progress: bool = True) -> PreparedTask:
         """`aape.tasks.prepare_task` for this dataset: extracts what the cache lacks."""
         from aape.datasets import load_dataset
         from aape.tasks import prepare_task, trim_eval

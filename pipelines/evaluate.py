@@ -68,6 +68,8 @@ def grid_specs(params: GridParams) -> list[grid.RunSpec]:
             bank_domain=item.domain,
             n_views=params.n_views,
             max_eval_images=params.max_eval_images,
+            max_missing=params.max_missing,
+            shots_policy=params.shots_policy,
         )
         specs += grid.run_specs(
             params.protocol,

@@ -118,6 +118,8 @@ class GridParams(_Params):
     seeds: tuple[int, ...] = Field((1,), min_length=1)
     n_views: int = Field(16, ge=0)
     max_eval_images: int | None = Field(None, ge=1)
+    max_missing: int = Field(0, ge=0)  # missing or unreadable images tolerated per dataset
+    shots_policy: Literal["error", "all-available"] = "error"  # classes with fewer than K
     config: TrainConfig = TrainConfig()  # AAPE (+ its lambda = 0 twin unless lambda0 is False)
     lambda0: bool = True
     baselines: tuple[str, ...] = DEFAULT_BASELINES

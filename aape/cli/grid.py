@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from aape.cli.common import add_clip, add_home, command, int_list
+from aape.cli.features import add_image_checks
+from aape.cli.train import add_shots_policy
 from prompt_banks.errors import UserError
 
 
@@ -60,6 +62,8 @@ def _from_args(args: argparse.Namespace) -> dict[str, Any]:
         "seeds": args.seeds,
         "n_views": args.views,
         "max_eval_images": args.max_eval_images,
+        "max_missing": args.max_missing,
+        "shots_policy": args.shots_policy,
         "config": load_config(args.config, args.set),
         "lambda0": not args.no_lambda0,
         "baselines": _names(args.baselines),
@@ -144,6 +148,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--seeds", type=int_list, default=(1, 2, 3), help="e.g. 1,2,3")
     src.add_argument("--views", type=int, default=16, help="augmented views per train image")
     src.add_argument("--max-eval-images", type=int, help="val/test images per class (default all)")
+    add_image_checks(src)
+    add_shots_policy(src)
     src.add_argument("--config", help="YAML/JSON file of TrainConfig fields")
     src.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override")
     src.add_argument("--baselines", default="zeroshot,cupl", help="also run these; '' for none")

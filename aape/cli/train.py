@@ -20,6 +20,16 @@ if TYPE_CHECKING:
     from aape.data import Task
 
 
+def add_shots_policy(parser: argparse._ActionsContainer) -> None:
+    parser.add_argument(
+        "--shots-policy",
+        choices=SHOTS_POLICIES,
+        default="error",
+        help="a class with fewer training images than --shots: error (default) or train it on "
+        "all it has (all-available; the run records it and the report marks it)",
+    )
+
+
 def _add_task_args(p: argparse.ArgumentParser) -> None:
     src = p.add_argument_group("task (a dataset + bank, or a bring-your-own-features folder)")
     src.add_argument("--dataset", help="registered dataset name (see `aape features --help`)")
@@ -28,13 +38,7 @@ def _add_task_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--data-root", help="where the dataset's files are (default: its registry)")
     src.add_argument("--seed", type=int, default=1, help="few-shot sampling and training seed")
     add_image_checks(src)
-    src.add_argument(
-        "--shots-policy",
-        choices=SHOTS_POLICIES,
-        default="error",
-        help="a class with fewer training images than --shots: error (default) or train it on "
-        "all it has (all-available; the run records it and the report marks it)",
-    )
+    add_shots_policy(src)
     add_home(p)
     add_clip(p)
     cfg = p.add_argument_group("training config")
