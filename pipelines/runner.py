@@ -95,4 +95,13 @@ def shared_api(timeout_s: int = 180) -> Iterator[None]:
         else:
             os.environ[PREFECT_API_URL.name] = before
         if server is not None:
+            _drain()  # what the flows still had to say goes out before their server stops
             server.stop()
+
+
+def _drain() -> None:
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all()
+    EventsWorker.drain_all()
