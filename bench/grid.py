@@ -100,12 +100,16 @@ def _runner(kind: str, workers: int) -> TaskRunner:
         return make_task_runner(None, threads=workers, processes=True)
     from prefect_ray import RayTaskRunner
 
+    # No auth token written to ~/.ray (it would be read by every later Ray driver of this
+    # user), and the cluster's files under this run's own temp dir.
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     env = {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     return RayTaskRunner(
         init_kwargs={
             "num_cpus": workers,
             "include_dashboard": False,
             "runtime_env": {"env_vars": env},
+            "_temp_dir": tempfile.mkdtemp(prefix="ray", dir="/tmp"),
         }
     )
 

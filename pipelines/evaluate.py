@@ -25,7 +25,6 @@ from pipelines.common import clip_ref, short_model
 from pipelines.params import EvaluateParams, GridDataset, GridParams
 from pipelines.runner import make_task_runner, run_resources
 from pipelines.train import runs_root
-from prompt_banks.errors import UserError
 from prompt_banks.paths import runs_dir
 
 # What a flow returns of each run record: enough for a table, not the per-class lists.
@@ -37,14 +36,7 @@ def method_configs(
 ) -> list[TrainConfig]:
     """AAPE (with its lambda = 0 twin), and each baseline sharing the AAPE config's fields."""
     cfgs = with_lambda0(config) if lambda0 else [config]
-    for b in baselines:
-        try:
-            cfgs.append(TrainConfig.model_validate({**config.model_dump(), "method": b}))
-        except ValueError:
-            raise UserError(
-                f"baselines: '{b}' is not a method; use zeroshot, cupl or linear_probe"
-            ) from None
-    return cfgs
+    return cfgs + [config.model_copy(update={"method": b}) for b in baselines]
 
 
 def as_grid(params: EvaluateParams) -> GridParams:

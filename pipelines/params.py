@@ -17,7 +17,8 @@ from aape.config import TrainConfig
 from prompt_banks.spec import CLIPSettings, DomainSpec, bundled_spec_path, load_spec
 
 # The baselines every evaluation reports beside AAPE (aape.config.Method).
-DEFAULT_BASELINES: tuple[str, ...] = ("zeroshot", "cupl", "linear_probe")
+Baseline = Literal["zeroshot", "cupl", "linear_probe"]
+DEFAULT_BASELINES: tuple[Baseline, ...] = ("zeroshot", "cupl", "linear_probe")
 
 
 class _Params(BaseModel):
@@ -88,7 +89,7 @@ class EvaluateParams(_Params):
     n_views: int = Field(16, ge=0)
     max_eval_images: int | None = Field(None, ge=1)
     config: TrainConfig = TrainConfig()  # AAPE; always reported beside its lambda = 0 twin
-    baselines: tuple[str, ...] = DEFAULT_BASELINES
+    baselines: tuple[Baseline, ...] = DEFAULT_BASELINES
     force: bool = False  # re-run complete runs
     progress: bool = True
     # What each run asks of a Ray cluster (prefect_ray remote_options); ignored on threads.
@@ -122,7 +123,7 @@ class GridParams(_Params):
     shots_policy: Literal["error", "all-available"] = "error"  # classes with fewer than K
     config: TrainConfig = TrainConfig()  # AAPE (+ its lambda = 0 twin unless lambda0 is False)
     lambda0: bool = True
-    baselines: tuple[str, ...] = DEFAULT_BASELINES
+    baselines: tuple[Baseline, ...] = DEFAULT_BASELINES
     force: bool = False
     progress: bool = True
     cpus_per_run: float = Field(1.0, gt=0)

@@ -255,12 +255,15 @@ def test_aape_grid_refuses_bad_input_before_prefect(tmp_path: Path, capsys) -> N
     assert main(["grid"]) == 2
     bad.write_text("datasets: [{dataset: dtd, domain: dtd}]\nshotz: [1]\n")
     assert main(["grid", "--grid-file", str(bad)]) == 2
+    argv = ["grid", "--datasets", "dtd", "--bank-domains", "dtd", "--baselines", "cupl,coop"]
+    assert main(argv) == 2
     err = capsys.readouterr().err
     assert f"error: {bad}: datasets" in err
     assert f"error: --grid-file: {tmp_path / 'missing.yaml'} does not exist" in err
     assert "error: --bank-domains: give one bank domain per dataset (2 datasets, 1 domain)" in err
     assert "error: grid: pass --grid-file FILE or --datasets A,B --bank-domains A,B" in err
     assert f"error: {bad}: shotz" in err
+    assert "error: grid: baselines.1: Input should be 'zeroshot', 'cupl' or 'linear_probe'" in err
 
 
 @pytest.mark.integration
