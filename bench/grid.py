@@ -6,7 +6,7 @@ folder, trains with one torch thread and publishes its result.json. Both grids r
 in this one process, through the flows' own fan-out (`pipelines.evaluate.fan_out`), on worker
 processes (default) or a local Ray cluster of N CPUs. Goal: ratio >= 0.8 * N.
 
-    .venv/bin/python bench/grid.py [--workers 2] [--runs 8] [--epochs 20] [--runner ray]
+    .venv/bin/python bench/grid.py [--workers 2] [--runs 8] [--epochs 10] [--runner ray]
 """
 
 from __future__ import annotations
@@ -70,17 +70,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--runs", type=int, default=8)
-    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--classes", type=int, default=40)
     ap.add_argument("--runner", choices=["processes", "ray"], default="processes")
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-grid-"))
     task = make_task(n_classes=args.classes, dim=512, shots=16, views=16, n_prompts=50, seed=0)
-    features = write_task(task, tmp / "features")
     walls = {}
-    with shared_api():
+    with tempfile.TemporaryDirectory(prefix="bench-grid-") as folder, shared_api():
+        tmp = Path(folder)
+        features = write_task(task, tmp / "features")
         for n in (1, args.workers):
-            walls[n] = bench_grid.with_options(task_runner=_runner(args.runner, n))(
+            runner = _runner(args.runner, n, tmp / f"ray-{n}")
+            walls[n] = bench_grid.with_options(task_runner=runner)(
                 str(features), str(tmp / f"runs-{n}"), args.runs, args.epochs, n
             )
     (one, one_train), (many, many_train) = walls[1], walls[args.workers]
@@ -93,15 +94,14 @@ def main() -> None:
     )
 
 
-def _runner(kind: str, workers: int) -> TaskRunner:
+def _runner(kind: str, workers: int, ray_dir: Path) -> TaskRunner:
     """`workers` worker processes, or a temporary local Ray cluster of `workers` CPUs whose
-    workers import this checkout (as this process does)."""
+    workers import this checkout (as this process does), its files under `ray_dir`."""
     if kind == "processes":
         return make_task_runner(None, threads=workers, processes=True)
     from prefect_ray import RayTaskRunner
 
-    # No auth token written to ~/.ray (it would be read by every later Ray driver of this
-    # user), and the cluster's files under this run's own temp dir.
+    # No auth token written to ~/.ray (every later Ray driver of this user would read it).
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     env = {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     return RayTaskRunner(
@@ -109,7 +109,7 @@ def _runner(kind: str, workers: int) -> TaskRunner:
             "num_cpus": workers,
             "include_dashboard": False,
             "runtime_env": {"env_vars": env},
-            "_temp_dir": tempfile.mkdtemp(prefix="ray", dir="/tmp"),
+            "_temp_dir": str(ray_dir),
         }
     )
 
