@@ -73,6 +73,27 @@ def teacher_attention(
     return {"run": str(path), "per_class": rows}
 
 
+def store_texts(
+    home: str | Path | None, domain: str, task: Task, *, tokens_of: str | None
+) -> tuple[dict[str, list[str]], dict[str, dict[str, Any]]]:
+    """From the bank store of `home`: each class's texts in bank order (the order of the task's
+    bank rows) and the store's hygiene per class. `tokens_of`: the CLIP model id whose tokenizer
+    counted the texts (None where the bank came from elsewhere)."""
+    from prompt_banks.paths import banks_dir
+    from prompt_banks.queries import class_texts, hygiene
+    from prompt_banks.store import BankStore
+    from prompt_banks.text import canonical_class_name
+
+    store = BankStore(banks_dir(home))
+    by_key = class_texts(store, domain, task.texts.names)
+    health = hygiene(store, domain, tokens_of)
+    names = task.texts.names
+    return (
+        {n: by_key.get(canonical_class_name(n), []) for n in names},
+        {n: health.get(canonical_class_name(n), {}) for n in names},
+    )
+
+
 def bank_report(
     task: Task,
     *,

@@ -27,7 +27,7 @@ import logging
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -35,9 +35,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from aape.data import ClassTexts, FeatureSet, Task
+from aape.data import BankId, ClassTexts, FeatureSet, Task
 from prompt_banks.atomic import write_json_atomic, write_parquet_atomic
 from prompt_banks.errors import UserError
+
+if TYPE_CHECKING:
+    from prompt_banks.snapshots import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -358,6 +361,7 @@ def load_task(
     shots: int | None = None,
     seed: int = 1,
     shots_policy: str = "error",
+    bank_snapshot: str | None = None,
 ) -> Task:
     """Read a bring-your-own-features folder into a `Task`; with `shots`, the training split
     keeps K images per class (all their views), picked by the project's few-shot rule for `seed`
@@ -365,8 +369,9 @@ def load_task(
 
     The prompt bank comes from `prompts.parquet`, or, when `bank_domain` is given, from that domain
     in `bank_store` (a `prompt_banks.store.BankStore` or its root path) for the folder's model_id;
-    the explicit domain wins over a prompts.parquet in the folder. Any inconsistency is a one-line
-    UserError that names the file and the field."""
+    the explicit domain wins over a prompts.parquet in the folder, read from one snapshot
+    (`bank_snapshot`, else the current one; `Task.provenance` names it). Any inconsistency is a
+    one-line UserError that names the file and the field."""
     root = Path(folder)
     meta = _read_meta(root)
     d: int = meta["d"]
@@ -387,9 +392,16 @@ def load_task(
     templates = _embeddings(classes, classes_path, d)[torch.from_numpy(order)]
     x = _embeddings(images, images_path, d)
     splits = _feature_sets(images, x, images_path, c)
+    bank_id = None
+    provenance: dict[str, Any] = {}
     if bank_domain is not None:
-        bank, mask = _bank_from_store(bank_store, bank_domain, names, meta["model_id"], d)
+        bank, mask, bank_id, snap = _bank_from_store(
+            bank_store, bank_domain, names, meta["model_id"], d, bank_snapshot
+        )
+        provenance["bank"] = snap.lineage()
     else:
+        if bank_snapshot is not None:
+            raise UserError("--bank-snapshot: pins a store bank; pass --bank-domain too")
         prompts_path = root / PROMPTS
         if not prompts_path.is_file():
             raise UserError(
@@ -403,11 +415,14 @@ def load_task(
         )
     task = Task(
         name=str(meta.get("name") or root.name),
-        texts=ClassTexts(names=names, templates=templates, bank=bank, bank_mask=mask),
+        texts=ClassTexts(
+            names=names, templates=templates, bank=bank, bank_mask=mask, bank_id=bank_id
+        ),
         train=splits["train"],
         test=splits["test"],
         val=splits.get("val"),
         model_id=meta["model_id"],
+        provenance=provenance,
     )
     return task if shots is None else select_shots(task, shots, seed, shots_policy)
 
@@ -456,17 +471,24 @@ def select_shots(task: Task, shots: int, seed: int, policy: str = "error") -> Ta
 
 
 def _bank_from_store(
-    store: Any, domain: str, names: list[str], model_id: str, d: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The bank of `names` in `domain` for `model_id`, from the prompt-bank store."""
-    from prompt_banks.queries import bank_tensor
+    store: Any, domain: str, names: list[str], model_id: str, d: int, snapshot_id: str | None
+) -> tuple[torch.Tensor, torch.Tensor, BankId, Snapshot]:
+    """The bank of `names` in `domain` for `model_id`, from one snapshot of the bank store."""
+    from prompt_banks.fingerprint import bank_fingerprint
+    from prompt_banks.snapshots import pinned_bank
     from prompt_banks.store import BankStore
 
     bank_store = store if isinstance(store, BankStore) else BankStore(store)
-    bank, mask = bank_tensor(bank_store, domain, names, model_id)
-    if bank.shape[-1] != d:
-        raise UserError(
-            f"bank domain {domain}: model {model_id} has d = {bank.shape[-1]} in the store "
-            f"{bank_store.root}, meta.json says d = {d}"
-        )
-    return torch.nn.functional.normalize(bank, dim=-1) * mask.unsqueeze(-1), mask
+
+    def same_size(bank: torch.Tensor) -> None:
+        if bank.shape[-1] != d:
+            raise UserError(
+                f"bank domain {domain}: model {model_id} has d = {bank.shape[-1]} in the store "
+                f"{bank_store.root}, meta.json says d = {d}"
+            )
+
+    bank, mask, snap = pinned_bank(bank_store, domain, names, model_id, snapshot_id, same_size)
+    fingerprint = bank_fingerprint(bank_store.at(snap), domain, names, model_id)
+    bank_id = BankId(domain, fingerprint, snap.id)
+    bank = torch.nn.functional.normalize(bank, dim=-1) * mask.unsqueeze(-1)
+    return bank, mask, bank_id, snap

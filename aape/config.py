@@ -8,17 +8,19 @@ artifacts record.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError
 
 from prompt_banks.errors import UserError
 
 Method = Literal["aape", "zeroshot", "cupl", "linear_probe"]
+BANK_METHODS = ("aape", "cupl")  # the methods that read the prompt bank P_c
 AggregatorKind = Literal["attention", "mlp", "mean", "random"]
 ClassEmbed = Literal["template", "bank_mean", "both"]
 Recipe = Literal["coop_sgd", "adamw"]
+ProbeSolver = Literal["lbfgs", "adamw"]
 
 # CoOp's epochs by shots (1 shot: 50, 2/4: 100, 8/16: 200); more shots than 16 keep 200.
 COOP_EPOCHS_BY_SHOTS = {1: 50, 2: 100, 4: 100, 8: 200, 16: 200}
@@ -59,7 +61,16 @@ class TrainConfig(BaseModel):
     adamw_lr: float = Field(1e-3, gt=0.0)
     adamw_weight_decay: float = Field(1e-2, ge=0.0)
     adamw_epochs: int = Field(100, ge=1)
-    # Linear-probe baseline (full-batch AdamW on cached features)
+    # Linear-probe baseline. lbfgs: CLIP's / CLIP_benchmark's protocol, L-BFGS logistic
+    # regression (scikit-learn) on the centre-crop features, C swept on the validation split
+    # (`probe_c_grid`, then `probe_refine_steps` bisections in log10 C around the best), refit.
+    # adamw: full-batch AdamW from zero-shot CLIP's weights (`probe_steps/lr/weight_decay`).
+    probe_solver: ProbeSolver = "lbfgs"
+    probe_c_grid: tuple[PositiveFloat, ...] = Field(
+        (1e-6, 1e-4, 1e-2, 1.0, 1e2, 1e4, 1e6), min_length=1
+    )
+    probe_refine_steps: int = Field(4, ge=0)
+    probe_max_iter: int = Field(1000, ge=1)
     probe_steps: int = Field(300, ge=1)
     probe_lr: float = Field(1e-2, gt=0.0)
     probe_weight_decay: float = Field(1e-4, ge=0.0)
@@ -86,6 +97,8 @@ class TrainConfig(BaseModel):
     def tag(self) -> str:
         """Short, readable name of what runs, for run directories and tables."""
         pruned = "" if self.prune_margin is None else f"-prune{self.prune_margin:g}"
+        if self.method == "linear_probe" and self.probe_solver != "lbfgs":
+            return f"linear_probe_{self.probe_solver}{pruned}"
         if self.method != "aape":
             return self.method + pruned
         parts = [f"aape-{self.aggregator}", f"lam{self.lambda_distill:g}", self.class_embed]
@@ -93,13 +106,22 @@ class TrainConfig(BaseModel):
         return "-".join(parts) + pruned
 
 
+ConfigT = TypeVar("ConfigT", bound=TrainConfig)
+
+
 def _coerce(value: str) -> Any:
     """A `--set` value: YAML scalars (5, 1e-3, true, null, text)."""
     return yaml.safe_load(value)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """A config from a YAML/JSON file plus `key=value` overrides, or a one-line UserError."""
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    *,
+    model: type[ConfigT] = TrainConfig,  # type: ignore[assignment]
+) -> ConfigT:
+    """A config from a YAML/JSON file plus `key=value` overrides, or a one-line UserError.
+    `model`: the config class (a subclass of TrainConfig with more switches)."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -115,7 +137,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise UserError(f"--set: '{item}' is not key=value; e.g. --set lambda_distill=0")
         data[key.strip()] = _coerce(value)
     try:
-        return TrainConfig(**data)
+        return model(**data)
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(x) for x in err["loc"]) or "config"

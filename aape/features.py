@@ -48,7 +48,9 @@ from aape.datasets.base import DEFAULT_VIEWS, Dataset, ImageRecord
 from prompt_banks.atomic import publish_part
 from prompt_banks.clip import LoadedCLIP
 from prompt_banks.errors import UserError
-from prompt_banks.paths import features_dir, is_url, join
+from prompt_banks.integrity import FIX, bad_vector_rows, check_parts
+from prompt_banks.parts import live_paths
+from prompt_banks.paths import features_dir, join
 from prompt_banks.schema import stable_hash
 
 log = logging.getLogger(__name__)
@@ -267,14 +269,9 @@ def split_dir(
 
 
 def _parts(folder: Path | str) -> tuple[list[str], fsspec.AbstractFileSystem | None]:
-    """The published parts of a split, oldest first, and the fsspec filesystem of a URL folder
-    (None for a local one, which pyarrow reads natively)."""
-    if not is_url(folder):
-        local = Path(folder)
-        found = sorted(str(p) for p in local.glob("part-*.parquet")) if local.is_dir() else []
-        return found, None
-    fs, path = fsspec.core.url_to_fs(str(folder))
-    return sorted(fs.glob(f"{path.rstrip('/')}/part-*.parquet")), fs
+    """The live parts of a split (after a compaction, the merged ones), oldest first, and the
+    fsspec filesystem of a URL folder (None for a local one, which pyarrow reads natively)."""
+    return live_paths(folder)
 
 
 def _read_split(
@@ -285,8 +282,10 @@ def _read_split(
     parts, fs = _parts(folder)
     if not parts:
         return None
+    check_parts(parts, FEATURES, fs, what="features")
+    names = columns or FEATURES.names  # a merged part's footer metadata is not a column
     return pa.concat_tables(
-        [pq.read_table(p, columns=columns, filters=filters, filesystem=fs) for p in parts]
+        [pq.read_table(p, columns=names, filters=filters, filesystem=fs) for p in parts]
     )
 
 
@@ -432,6 +431,8 @@ def load_features(
     order = sorted(chosen)
     rows = np.fromiter((chosen[k] for k in order), dtype=np.int64, count=len(order))
     dim = dims.pop()
+    if table.num_rows and bad_vector_rows(table).any():
+        raise UserError(f"features: {folder} holds vectors whose length is not their dim; {FIX}")
     flat = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
     x = flat.reshape(-1, dim)[rows]
     labels = table.column("label").to_numpy()[rows]

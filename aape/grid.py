@@ -58,6 +58,7 @@ class TaskSource:
     data_root: str | None = None
     clip: CLIPRef | None = None  # a dataset's CLIP (a features folder holds its own features)
     bank_domain: str | None = None
+    bank_snapshot: str | None = None  # read the bank as of this snapshot (None: as it is now)
     n_views: int | None = None  # augmented views per train image (None: the default 16)
     max_eval_images: int | None = None  # per class in val/test (None: all)
     max_missing: int = 0  # missing or unreadable images tolerated (aape.tasks)
@@ -76,6 +77,7 @@ class TaskSource:
                 bank_domain=self.bank_domain,
                 shots=shots,
                 seed=seed,
+                bank_snapshot=self.bank_snapshot,
                 shots_policy=self.shots_policy,
             )
         return self.prepare(shots, seed, progress=False).task
@@ -97,6 +99,7 @@ class TaskSource:
             seed=seed,
             n_views=self.n_views,
             progress=progress,
+            bank_snapshot=self.bank_snapshot,
             max_missing=self.max_missing,
             shots_policy=self.shots_policy,
         )
@@ -132,14 +135,15 @@ class RunSpec:
     runs_root: str
     targets: tuple[TaskSource, ...] = ()  # cross-dataset / domain generalisation test sets
 
-    @property
-    def folder(self) -> Path:
+    def folder(self, inputs: protocols.RunInputs) -> Path:
+        """Where the run lands, given what its loaded task reads (`protocols.run_identity`)."""
         return protocols.run_dir(
             Path(self.runs_root),
             self.protocol,
             self.source.name,
             self.config,
             f"k{self.shots}-s{self.seed}",
+            inputs,
         )
 
     def label(self) -> str:
@@ -158,7 +162,7 @@ def run_specs(
 ) -> list[RunSpec]:
     """Every run of `protocol` on `source`, in the serial protocols' order (shots, seed, config);
     base-to-new and the transfer protocols train at the largest shot count only. A config
-    listed twice is one run."""
+    listed twice is one run (`protocols.unique_configs`)."""
     if protocol not in PROTOCOLS:
         raise UserError(f"protocol: '{protocol}' is unknown; use one of {', '.join(PROTOCOLS)}")
     ks, cfgs, tgts = list(shots), list(cfgs), tuple(targets)
@@ -168,10 +172,10 @@ def run_specs(
         ks = [max(ks)]
     if protocol in ("cross-dataset", "domain-generalisation") and not tgts:
         raise UserError(f"targets: protocol {protocol} needs at least one target dataset")
-    specs: dict[Path, RunSpec] = {}
+    specs: list[RunSpec] = []
     for k in ks:
         for seed in seeds:
-            for cfg in cfgs:
+            for cfg in protocols.unique_configs(cfgs):
                 spec = RunSpec(
                     protocol=protocol,
                     source=source,
@@ -181,8 +185,8 @@ def run_specs(
                     runs_root=str(runs_root),
                     targets=tgts if protocol not in ("few-shot", "base-to-new") else (),
                 )
-                specs.setdefault(spec.folder, spec)
-    return list(specs.values())
+                specs.append(spec)
+    return specs
 
 
 @contextmanager
@@ -203,13 +207,18 @@ def torch_threads(threads: int | None) -> Iterator[None]:
 def execute(
     spec: RunSpec, *, force: bool = False, progress: bool = False, threads: int | None = None
 ) -> dict[str, Any]:
-    """Run `spec` (or read back its complete record) and return its record."""
-    folder = spec.folder
-    done = protocols.completed_run(folder, force)
-    if done is not None:
-        return done
+    """Run `spec` (or read back its complete record) and return its record. The task is loaded
+    first: its CLIP model and bank are part of the run's identity, hence of its folder."""
     with torch_threads(threads):
         task = spec.source.load(spec.shots, spec.seed)
+        if spec.protocol in ("few-shot", "base-to-new"):
+            inputs = protocols.inputs_of(task)
+        else:
+            inputs = protocols.transfer_inputs(task, (t.name for t in spec.targets))
+        folder = spec.folder(inputs)
+        done = protocols.completed_run(folder, force)
+        if done is not None:
+            return done
         args = (spec.config, folder)
         if spec.protocol == "few-shot":
             return protocols.few_shot_run(task, *args, spec.shots, spec.seed, progress)

@@ -18,7 +18,7 @@ from PIL import Image
 from aape.artifact import BANK_MEANS_KEY, needs_bank_means, read_artifact
 from aape.config import TrainConfig
 from aape.model import AAPE, HeadCache
-from prompt_banks.clip import CLIPRef, LoadedCLIP, load_clip
+from prompt_banks.clip import CLIPRef, LoadedCLIP, is_model_id_of, load_clip
 from prompt_banks.errors import UserError
 from prompt_banks.text import canonical_class_name
 
@@ -71,11 +71,17 @@ class AAPEClassifier:
         must be the CLIP the artifact was trained with: same model id, same dimension."""
         meta, tensors = read_artifact(folder)
         if clip is not None:
-            _check_clip(clip, meta)
+            check_clip(clip, meta)
         cfg = TrainConfig(**meta["config"])
         model = AAPE(int(meta["dim"]), cfg)
         weights = {k: v for k, v in tensors.items() if k != BANK_MEANS_KEY}
-        missing = model.load_state_dict(weights, strict=False).missing_keys
+        try:
+            missing = model.load_state_dict(weights, strict=False).missing_keys
+        except RuntimeError as exc:  # shapes that are not those of d and the switches
+            raise UserError(
+                f"--artifact: {folder} holds weights that do not fit its config.json "
+                f"(dim {meta['dim']}); export it again with `aape export`"
+            ) from exc
         if missing:
             raise UserError(f"--artifact: {folder} lacks weights {', '.join(missing[:3])}")
         means = tensors.get(BANK_MEANS_KEY)
@@ -87,15 +93,7 @@ class AAPEClassifier:
     @property
     def clip(self) -> LoadedCLIP:
         if self._clip is None:
-            ref = self.meta.get("clip")
-            if not ref:
-                raise UserError(
-                    "artifact: it does not say how to load its CLIP "
-                    f"({self.meta['clip_model_id']}); pass clip=load_clip(...)"
-                )
-            clip = load_clip(CLIPRef(ref["model"], ref.get("pretrained")))
-            _check_clip(clip, self.meta)
-            self._clip = clip
+            self._clip = artifact_clip(self.meta)
         return self._clip
 
     def _bank_mean(self, names: list[str]) -> torch.Tensor:
@@ -185,7 +183,7 @@ class AAPEClassifier:
         """Top-k classes of each image (PIL images or paths)."""
         from aape.features import encode_images
 
-        pil = [_open(im) for im in images]
+        pil = [open_image(im) for im in images]
         x = encode_images(self.clip, pil, batch_size=batch_size)
         return self.predict_features(x, class_names, top_k=top_k)
 
@@ -203,7 +201,7 @@ def _check_distinct(class_names: list[str]) -> None:
         seen[key] = name
 
 
-def _open(image: Image.Image | str | Path) -> Image.Image:
+def open_image(image: Image.Image | str | Path) -> Image.Image:
     if isinstance(image, Image.Image):
         return image
     try:
@@ -213,8 +211,21 @@ def _open(image: Image.Image | str | Path) -> Image.Image:
         raise UserError(f"image {image}: cannot be read ({exc}); pass a PNG/JPEG file") from exc
 
 
-def _check_clip(clip: LoadedCLIP, meta: dict[str, Any]) -> None:
-    if clip.model_id != meta["clip_model_id"]:
+def artifact_clip(meta: dict[str, Any]) -> LoadedCLIP:
+    """The CLIP an artifact's config.json names (checked against its model id and d)."""
+    ref = meta.get("clip")
+    if not ref:
+        raise UserError(
+            "artifact: it does not say how to load its CLIP "
+            f"({meta['clip_model_id']}); pass clip=load_clip(...)"
+        )
+    clip = load_clip(CLIPRef(ref["model"], ref.get("pretrained")))
+    check_clip(clip, meta)
+    return clip
+
+
+def check_clip(clip: LoadedCLIP, meta: dict[str, Any]) -> None:
+    if not is_model_id_of(clip.ref, meta["clip_model_id"]):
         raise UserError(
             f"clip model: the artifact was trained with {meta['clip_model_id']}, not "
             f"{clip.model_id}; load that CLIP (features from another CLIP are meaningless to it)"

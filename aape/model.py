@@ -61,7 +61,17 @@ class PromptAggregator(nn.Module):
     the bank: O(n d) per (image, class) instead of O(n d^2).
     """
 
-    def __init__(self, cfg: TrainConfig, bank: torch.Tensor, mask: torch.Tensor) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        bank: torch.Tensor,
+        mask: torch.Tensor,
+        *,
+        per_class_query: bool = True,
+    ) -> None:
+        """`per_class_query` False: no learned query per class, the query is mean(P_c) (+ f(x))
+        of whatever prompts are given, so the aggregator applies to prompt sets it has never
+        seen (an image's own captions, `aape.vl`); `bank` then only gives d."""
         super().__init__()
         dim = bank.shape[-1]
         self.kind = cfg.aggregator
@@ -69,10 +79,11 @@ class PromptAggregator(nn.Module):
         self.image_query = cfg.image_query
         if self.kind == "attention" and dim % self.heads:
             raise ValueError(f"aggregator_heads={self.heads} must divide d={dim}")
-        init = masked_mean(bank, mask)
         hidden = bottleneck_width(dim)
+        self.query: nn.Parameter | None = None
         if self.kind == "attention":
-            self.query = nn.Parameter(init.clone())  # [C, d]
+            if per_class_query:
+                self.query = nn.Parameter(masked_mean(bank, mask))  # [C, d]
             self.f = bottleneck(dim, dim, hidden, zero_last=True) if self.image_query else None
             # Identity init: the first scores are cos-like, so p_a starts near mean(P_c).
             self.w_q = nn.Parameter(torch.eye(dim))
@@ -143,7 +154,7 @@ class PromptAggregator(nn.Module):
     ) -> torch.Tensor:
         """The `attention` teacher's weight on each of the gathered prompts `p` [B, n, d] of
         image i's class, averaged over heads: [B, n], each row summing to 1."""
-        q = self.query[classes]
+        q = self.query[classes] if self.query is not None else self._prompt_mean(p, m)
         if self.f is not None:
             q = q + self.f(x)
         scores = torch.bmm(self._z(q), p.transpose(1, 2))  # [B, H, n]
@@ -151,12 +162,20 @@ class PromptAggregator(nn.Module):
             scores = scores.masked_fill(~m.unsqueeze(1), float("-inf"))
         return scores.softmax(-1).mean(1)
 
-    def _project_bank(self, bank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @staticmethod
+    def _prompt_mean(p: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
+        """The query without a learned one: mean(P_c) of the given prompts, [B, d]."""
+        return masked_mean(p, m) if m is not None else F.normalize(p.mean(-2), dim=-1)
+
+    def _project_bank(
+        self, bank: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """What scoring images against every class reuses: the bank's keys Wk p / sqrt(d_h)
         laid out per head, [H, d_h, C n], and the per class part of the scores, [C, H, n]."""
         c, n, dim = bank.shape
         keys = (bank @ self.w_k.T).div_(math.sqrt(dim // self.heads)).view(c, n, self.heads, -1)
-        q = (self.query @ self.w_q.T).view(c, self.heads, -1)
+        query = self.query if self.query is not None else masked_mean(bank, mask)
+        q = (query @ self.w_q.T).view(c, self.heads, -1)
         class_scores = torch.einsum("chj,cnhj->chn", q, keys)
         return keys.flatten(0, 1).permute(1, 2, 0).contiguous(), class_scores
 
@@ -180,7 +199,7 @@ class PromptAggregator(nn.Module):
         # each image costs C n d instead of the H times more of the folded form in `forward`.
         # q = query_c + f(x) is linear in its two parts, so the scores split into a per class
         # term and a per image term.
-        keys, scores = self._project_bank(bank) if projected is None else projected
+        keys, scores = self._project_bank(bank, mask) if projected is None else projected
         scores = scores.unsqueeze(0)
         if self.f is not None:
             n, heads = bank.shape[1], self.heads
@@ -202,7 +221,7 @@ class PromptAggregator(nn.Module):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """cos(x, p_a(x, c)) for every image and class, [B, C] (the teacher's accuracy)."""
-        projected = self._project_bank(bank) if self.kind == "attention" else None
+        projected = self._project_bank(bank, mask) if self.kind == "attention" else None
         c, n = mask.shape
         chunk = max(1, 2**20 // (c * max(n * self.heads, bank.shape[-1])))  # ~4 MB temporaries
         scores = []

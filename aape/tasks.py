@@ -25,13 +25,14 @@ from typing import Any
 
 import torch
 
-from aape.data import ClassTexts, FeatureSet, Task
+from aape.data import BankId, ClassTexts, FeatureSet, Task
 from aape.datasets import SPLITS, Dataset, ImageRecord, load_dataset
 from aape.datasets.base import DEFAULT_VIEWS
-from aape.features import ExtractReport, load_features
+from aape.features import ExtractReport, load_features, split_dir
 from aape.fewshot import (
     FewShotManifest,
     fewshot_manifest,
+    manifest_path,
     require_shots,
     short_classes,
     write_manifest,
@@ -39,8 +40,12 @@ from aape.fewshot import (
 from aape.missing_images import ImageUse, Key, extract_usable, without
 from prompt_banks.clip import CLIPRef, LoadedCLIP, load_clip
 from prompt_banks.embed import encode_texts, template_text
+from prompt_banks.errors import UserError
+from prompt_banks.fingerprint import bank_fingerprint
 from prompt_banks.paths import banks_dir
-from prompt_banks.queries import bank_tensor, shared_bank_names
+from prompt_banks.queries import shared_bank_names
+from prompt_banks.schema import stable_hash
+from prompt_banks.snapshots import Snapshot, pinned_bank
 from prompt_banks.store import BankStore
 
 log = logging.getLogger(__name__)
@@ -64,13 +69,35 @@ def class_texts(
     *,
     bank_domain: str | None,
     home: str | os.PathLike[str] | None,
-) -> ClassTexts:
-    """Template embeddings of `classnames`, and their bank when `bank_domain` is given."""
+    bank_snapshot: str | None = None,
+) -> tuple[ClassTexts, Snapshot | None]:
+    """Template embeddings of `classnames`, and their bank when `bank_domain` is given, read
+    from one snapshot (`bank_snapshot`, else the current one): the texts and that snapshot."""
     templates = encode_texts(clip, [template_text(c) for c in classnames]).embeddings
     if bank_domain is None:
-        return ClassTexts(names=list(classnames), templates=templates)
-    bank, mask = bank_tensor(BankStore(banks_dir(home)), bank_domain, classnames, clip.model_id)
-    return ClassTexts(names=list(classnames), templates=templates, bank=bank, bank_mask=mask)
+        if bank_snapshot is not None:
+            raise UserError("--bank-snapshot: pins a bank; pass --bank-domain too")
+        return ClassTexts(names=list(classnames), templates=templates), None
+    store = BankStore(banks_dir(home))
+
+    def same_size(bank: torch.Tensor) -> None:
+        if bank.shape[-1] != clip.dim:
+            raise UserError(
+                f"bank domain {bank_domain}: the store {store.root} holds {clip.model_id} "
+                f"embeddings of d = {bank.shape[-1]}, the CLIP has d = {clip.dim}; embed the "
+                "domain again (`aape bank embed`) under a fresh --home"
+            )
+
+    bank, mask, snap = pinned_bank(
+        store, bank_domain, classnames, clip.model_id, bank_snapshot, same_size
+    )
+    pinned = store.at(snap)  # the fingerprint of the rows read, not of the store now
+    fingerprint = bank_fingerprint(pinned, bank_domain, classnames, clip.model_id)
+    bank_id = BankId(bank_domain, fingerprint, snap.id)
+    texts = ClassTexts(
+        names=list(classnames), templates=templates, bank=bank, bank_mask=mask, bank_id=bank_id
+    )
+    return texts, snap
 
 
 def shared_prompts(ds: Dataset) -> dict[str, list[str]]:
@@ -161,13 +188,16 @@ def prepare_task(
     progress: bool = True,
     max_missing: int = 0,
     shots_policy: str = "error",
+    bank_snapshot: str | None = None,
 ) -> PreparedTask:
     """`load_task` with its extraction report and manifest (see the module doc)."""
     loaded = clip if isinstance(clip, LoadedCLIP) else load_clip(clip)
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, data_root)
     views = DEFAULT_VIEWS if n_views is None else n_views
     # Texts first: a missing bank is refused before minutes of image encoding.
-    texts = class_texts(loaded, ds.classnames, bank_domain=bank_domain, home=home)
+    texts, snap = class_texts(
+        loaded, ds.classnames, bank_domain=bank_domain, home=home, bank_snapshot=bank_snapshot
+    )
     shared = shared_prompts(ds) if bank_domain is not None else {}
     all_train = ds.splits.get("train", [])
     evaluation = task_records(ds, shots=None, seeds=[], splits=("val", "test"))
@@ -198,15 +228,21 @@ def prepare_task(
     if use.unusable:
         log.warning("%s: %d missing or unreadable images left out", ds.name, len(use.unusable))
     manifest: FewShotManifest | None = pick["manifest"]
-    manifest_file = write_manifest(manifest, home) if manifest is not None else None
     ids: dict[str, list[str]] = {}
     for r in records:
         ids.setdefault(r.split, []).append(r.image_id)
 
     def features(split: str, max_view: int | None = None) -> FeatureSet:
-        return load_features(
+        found = load_features(
             home, loaded.model_id, ds.name, split, image_ids=ids[split], max_view=max_view
         )
+        if found.x.shape[1] != loaded.dim:
+            raise UserError(
+                f"features: {split_dir(home, loaded.model_id, ds.name, split)} holds d = "
+                f"{found.x.shape[1]}, the CLIP {loaded.model_id} has d = {loaded.dim}; delete "
+                "that folder and run `aape features` again"
+            )
+        return found
 
     provenance = {
         "dataset": ds.name,
@@ -215,6 +251,13 @@ def prepare_task(
         "shots_policy": shots_policy if manifest is not None else None,
         "short_classes": {ds.class_keys[c]: n for c, n in pick["short"].items()},
         "shared_prompts": shared,
+        "bank": None if snap is None else snap.lineage(),
+        "fewshot_manifest": None
+        if manifest is None
+        else {
+            "path": str(manifest_path(home, manifest.dataset, manifest.shots, manifest.seed)),
+            "fingerprint": stable_hash(manifest.to_json()),
+        },
     }
     task = Task(
         name=ds.name,
@@ -225,6 +268,8 @@ def prepare_task(
         model_id=loaded.model_id,
         provenance=provenance,
     )
+    # Written once the task stands: a refused task (a damaged cache, ...) leaves the home as it was.
+    manifest_file = write_manifest(manifest, home) if manifest is not None else None
     return PreparedTask(
         task=task, extraction=report, manifest=manifest, manifest_path=manifest_file, images=use
     )
@@ -242,10 +287,12 @@ def load_task(
     n_views: int | None = None,
     max_missing: int = 0,
     shots_policy: str = "error",
+    bank_snapshot: str | None = None,
 ) -> Task:
     """A few-shot task on `dataset`: `shots` images per class drawn by `seed` (None = the whole
     train split), each with the centre crop and `n_views` augmented views (default 16)."""
     return prepare_task(
         dataset=dataset, home=home, clip=clip, bank_domain=bank_domain, shots=shots, seed=seed,
         data_root=data_root, n_views=n_views, max_missing=max_missing, shots_policy=shots_policy,
+        bank_snapshot=bank_snapshot,
     ).task  # fmt: skip

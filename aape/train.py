@@ -12,6 +12,7 @@ import io
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from aape.bank_quality import PrunedClassifier, prune_bank
-from aape.baselines import Classifier, LinearProbe, TextClassifier, train_linear_probe
-from aape.config import TrainConfig
+from aape.baselines import Classifier, TextClassifier, train_linear_probe
+from aape.config import BANK_METHODS, TrainConfig
 from aape.data import ClassTexts, FeatureSet, Task
 from aape.model import AAPE, class_embeddings
 from aape.updates import Updates, flush_denormals, training_threads
@@ -60,6 +61,7 @@ class TrainResult:
     bank_means: torch.Tensor | None = None  # [C, d] of the training classes, when a bank exists
     history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
     health: dict[str, float] = field(default_factory=dict)  # teacher_acc, student_acc, ...
+    probe: dict[str, Any] | None = None  # linear probe: the C swept, the scores, the C chosen
     train_seconds: float = 0.0
     epochs_done: int = 0
     checkpoint: Path | None = None
@@ -103,6 +105,65 @@ def epoch_lr(cfg: TrainConfig, epoch: int) -> float:
     return 0.5 * base * (1 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / span))
 
 
+def run_epochs(
+    updates: Updates,
+    cfg: TrainConfig,
+    x_all: torch.Tensor,
+    y_all: torch.Tensor,
+    sampler: ViewSampler,
+    gen: torch.Generator,
+    *,
+    start_epoch: int,
+    stop: int,
+    history: list[dict[str, float]],
+    seconds: float,
+    save: Callable[[int, float], None],
+    health: Callable[[], dict[str, float]],
+    desc: str,
+    progress: bool,
+) -> tuple[float, int, dict[str, float]]:
+    """Epochs `start_epoch`..`stop` - 1 of a run: the lr schedule, one random view per image,
+    the batches' updates; one row per epoch appended to `history`, `save(epoch, seconds)`
+    every `checkpoint_every` epochs and at the end, then `health()`. Returns the run's seconds,
+    the epochs done and the health metrics.
+
+    The student updates run on a second thread on CPU when torch may use two cores (see
+    `updates`); not on GPUs, whose kernels are asynchronous already."""
+    pipelined = x_all.is_cpu and not updates.coupled and torch.get_num_threads() > 1
+    bar = tqdm(
+        range(start_epoch, stop),
+        desc=desc,
+        disable=not progress,
+        initial=start_epoch,
+        total=cfg.epochs or 1,
+    )
+    with flush_denormals(), training_threads(pipelined) as pool:
+        for epoch in bar:
+            t0 = time.perf_counter()
+            updates.set_lr(epoch_lr(cfg, epoch))
+            rows = sampler.epoch(gen).to(x_all.device)
+            # One gather per epoch; each batch is then a contiguous slice (no per-step indexing).
+            x_epoch, y_epoch = x_all.index_select(0, rows), y_all.index_select(0, rows)
+            batches = [
+                (x_epoch[i : i + cfg.batch_size], y_epoch[i : i + cfg.batch_size])
+                for i in range(0, len(rows), cfg.batch_size)
+            ]
+            losses = updates.epoch(batches, pool)
+            seconds += time.perf_counter() - t0
+            history.append({"epoch": epoch + 1, "lr": epoch_lr(cfg, epoch), **losses})
+            bar.set_postfix(loss=f"{losses['loss']:.3f}", distill=f"{losses['distill']:.3f}")
+            done = epoch + 1
+            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < stop:
+                save(done, seconds)
+        bar.close()
+        epochs_done = max(stop, start_epoch)
+        save(epochs_done, seconds)
+        # Inside the flush and the thread split: OpenMP workers started before the flush keep
+        # subnormals, and the softmax tails over every class are full of them (on 2 cores:
+        # 3 s with the process's 2 threads, 0.2-0.5 s with the training's 1).
+        return seconds, epochs_done, health()
+
+
 def heldout_features(task: Task) -> FeatureSet:
     """Held-out images of the training classes: val when present, else test."""
     return task.val if task.val is not None and len(task.val.labels) else task.test
@@ -137,7 +198,7 @@ def health_metrics(
     }
 
 
-def _save_atomic(obj: dict[str, Any], path: Path) -> None:
+def save_atomic(obj: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # Serialise in memory first: torch.save reports a failed file write (a full disk) as a
     # RuntimeError with no errno, while a plain write raises the OSError that says what happened.
@@ -147,10 +208,34 @@ def _save_atomic(obj: dict[str, Any], path: Path) -> None:
         tmp.write_bytes(buffer.getbuffer())
 
 
+def checkpoint_state(
+    cfg: TrainConfig,
+    epoch: int,
+    seconds: float,
+    model: torch.nn.Module,
+    updates: Updates,
+    generators: dict[str, torch.Generator],
+    history: list[dict[str, float]],
+    **extra: Any,
+) -> dict[str, Any]:
+    """What a checkpoint holds: config, progress, weights, optimiser and RNG states (CPU
+    tensors), the history, and `extra` (what the run's loader needs)."""
+    return {
+        "config": cfg.model_dump(),
+        "epoch": epoch,
+        "seconds": seconds,
+        "model": model.state_dict(),
+        "optimizers": updates.state_dict(),
+        **{name: g.get_state().cpu() for name, g in generators.items()},
+        "history": history,
+        **extra,
+    }
+
+
 def _check_task(task: Task, cfg: TrainConfig) -> None:
     if len(task.train.labels) == 0:
         raise UserError(f"task {task.name}: the training split is empty; check the dataset/shots")
-    needs_bank = cfg.method in ("aape", "cupl")  # the aggregator (training) needs P_c
+    needs_bank = cfg.method in BANK_METHODS  # the aggregator (training) needs P_c
     if needs_bank and task.texts.bank is None:
         raise UserError(
             f"task {task.name}: method {cfg.method} needs a prompt bank; pass --bank-domain "
@@ -201,11 +286,12 @@ def _train(
         return TrainResult(cfg, TextClassifier(kind, cfg.tau), bank_means=bank_means, **base)
     if cfg.method == "linear_probe":
         start = time.perf_counter()
-        probe: LinearProbe = train_linear_probe(task.train, task.texts, cfg)
+        probe, sweep = train_linear_probe(task.train, task.texts, cfg, val=task.val)
         return TrainResult(
             cfg,
             probe,
             bank_means=bank_means,
+            probe=sweep or None,
             train_seconds=time.perf_counter() - start,
             epochs_done=cfg.epochs or 0,
             **base,
@@ -247,66 +333,23 @@ def _train(
     epochs = cfg.epochs or 1
     stop = epochs if until_epoch is None else min(until_epoch, epochs)
 
-    def save(epoch: int) -> None:
+    def save(epoch: int, seconds: float) -> None:
         if ckpt_path is None:
             return
-        _save_atomic(
-            {
-                "config": cfg.model_dump(),
-                "epoch": epoch,
-                "seconds": seconds,
-                "model": model.state_dict(),
-                "optimizers": updates.state_dict(),
-                "gen": gen.get_state(),
-                "agg_gen": agg_gen.get_state().cpu(),
-                "history": history,
-                "class_names": list(texts.names),
-                "model_id": task.model_id,
-                "dim": texts.dim,
-                "task": task.name,
-                "bank_means": bank_means,
-            },
-            ckpt_path,
-        )
+        state = checkpoint_state(
+            cfg, epoch, seconds, model, updates, {"gen": gen, "agg_gen": agg_gen}, history,
+            class_names=list(texts.names), model_id=task.model_id, dim=texts.dim,
+            task=task.name, bank_means=bank_means,
+        )  # fmt: skip
+        save_atomic(state, ckpt_path)
 
     model.train()
-    bar = tqdm(
-        range(start_epoch, stop),
-        desc=f"train {task.name}",
-        disable=not progress,
-        initial=start_epoch,
-        total=epochs,
-    )
-    # The student updates run on a second thread on CPU when torch may use two cores (see
-    # `updates`); not on GPUs, whose kernels are asynchronous already.
-    pipelined = device.type == "cpu" and not updates.coupled and torch.get_num_threads() > 1
-    with flush_denormals(), training_threads(pipelined) as pool:
-        for epoch in bar:
-            t0 = time.perf_counter()
-            updates.set_lr(epoch_lr(cfg, epoch))
-            rows = sampler.epoch(gen).to(device)
-            # One gather per epoch; each batch is then a contiguous slice (no per-step indexing).
-            x_epoch, y_epoch = x_all.index_select(0, rows), y_all.index_select(0, rows)
-            batches = [
-                (x_epoch[i : i + cfg.batch_size], y_epoch[i : i + cfg.batch_size])
-                for i in range(0, len(rows), cfg.batch_size)
-            ]
-            losses = updates.epoch(batches, pool)
-            seconds += time.perf_counter() - t0
-            history.append({"epoch": epoch + 1, "lr": epoch_lr(cfg, epoch), **losses})
-            total, distill = losses["loss"], losses["distill"]
-            bar.set_postfix(loss=f"{total:.3f}", distill=f"{distill:.3f}")
-            done = epoch + 1
-            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < stop:
-                save(done)
-        bar.close()
-        epochs_done = max(stop, start_epoch)
-        save(epochs_done)
-        model.eval()
-        # Inside the flush and the thread split: OpenMP workers started before the flush keep
-        # subnormals, and the softmax tails over every class are full of them (on 2 cores:
-        # 3 s with the process's 2 threads, 0.2-0.5 s with the training's 1).
-        health = health_metrics(model, task, cfg, device)
+    seconds, epochs_done, health = run_epochs(
+        updates, cfg, x_all, y_all, sampler, gen,
+        start_epoch=start_epoch, stop=stop, history=history, seconds=seconds, save=save,
+        health=lambda: health_metrics(model.eval(), task, cfg, device),
+        desc=f"train {task.name}", progress=progress,
+    )  # fmt: skip
     if health:
         log.info(
             "%s: teacher_acc=%.3f student_acc=%.3f (cupl %.3f, zero-shot %.3f)",

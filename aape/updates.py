@@ -41,7 +41,7 @@ def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.
     return torch.optim.AdamW(params, lr=cfg.adamw_lr, weight_decay=cfg.adamw_weight_decay, **impl)
 
 
-def _step(opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -97,7 +97,7 @@ class Updates:
         self.coupled = cfg.distill_grad_to_aggregator
         # Attention over a bank that fills every slot needs no mask (one op less each way).
         self.needs_mask = cfg.aggregator != "attention" or not bool(mask.all())
-        student = [*model.h.parameters(), *model.g.parameters()]
+        student = self.student_parameters()
         teacher = list(model.aggregator.parameters())  # none for `mean` and `random`
         if self.coupled:
             self.optimizers = {"all": make_optimizer(cfg, student + teacher)}
@@ -105,6 +105,10 @@ class Updates:
             self.optimizers = {"student": make_optimizer(cfg, student)}
             if teacher:
                 self.optimizers["teacher"] = make_optimizer(cfg, teacher)
+
+    def student_parameters(self) -> list[torch.nn.Parameter]:
+        """What the student update trains: h and g (retrieval's student has no g)."""
+        return [*self.model.h.parameters(), *self.model.g.parameters()]
 
     def set_lr(self, lr: float) -> None:
         for opt in self.optimizers.values():
@@ -135,7 +139,7 @@ class Updates:
         p_a = aggregator(x, self.bank, self.mask, y, generator=self.generator, gathered=gathered)
         reward = reward_loss(x, p_a, self.cfg.reward_scale)
         if "teacher" in self.optimizers:
-            _step(self.optimizers["teacher"], reward)
+            optimizer_step(self.optimizers["teacher"], reward)
         return p_a.detach(), reward.detach()
 
     def student(self, x: torch.Tensor, y: torch.Tensor, p_a: torch.Tensor) -> torch.Tensor:
@@ -144,7 +148,7 @@ class Updates:
         h, logits = self._student_forward(x)
         task = task_loss(logits, y)
         distill = distill_loss(h, p_a) if lam else task.new_zeros(())
-        _step(self.optimizers["student"], task + lam * distill)
+        optimizer_step(self.optimizers["student"], task + lam * distill)
         return torch.stack([task, distill]).detach()
 
     def _student_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,7 +171,7 @@ class Updates:
             reward_scale=self.cfg.reward_scale,
             grad_to_teacher=True,
         )
-        _step(self.optimizers["all"], parts.total)
+        optimizer_step(self.optimizers["all"], parts.total)
         return torch.stack([parts.task, parts.distill, parts.reward]).detach()
 
     def epoch(self, batches: Sequence[Batch], pool: ThreadPoolExecutor | None) -> dict[str, float]:

@@ -17,6 +17,7 @@ from prefect.runtime import flow_run
 from pipelines.common import shards, shared_clip, short_model
 from pipelines.params import EmbedParams
 from pipelines.runner import make_task_runner
+from prompt_banks import snapshots
 from prompt_banks.embed import domain_texts, embed_texts_to_rows, pending_texts
 from prompt_banks.paths import banks_dir
 from prompt_banks.store import BankStore
@@ -44,6 +45,12 @@ def embed_shard(texts: list[str], params: EmbedParams) -> int:
     return BankStore(banks_dir(params.home)).append_embeddings(rows)
 
 
+@task(cache_policy=NO_CACHE)
+def record_snapshot(params: EmbedParams, model_id: str) -> str:
+    """Record the bank as training will read it (`aape bank history`); returns its id."""
+    return snapshots.take(BankStore(banks_dir(params.home)), params.domain, model_id).id
+
+
 def _run_name() -> str:
     params: EmbedParams = flow_run.parameters["params"]
     return f"embed-{params.domain}-{short_model(params.clip)}"
@@ -55,7 +62,9 @@ def embed_bank(params: EmbedParams) -> dict[str, Any]:
     plan = plan_texts(params)
     todo: list[str] = plan["todo"]
     written = embed_shard.map(shards(todo, params.shard_size), unmapped(params)).result()
+    snapshot = record_snapshot(params, plan["model_id"])
     return {
+        "snapshot": snapshot,
         "domain": params.domain,
         "model_id": plan["model_id"],
         "texts": plan["texts"],

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from aape.config import TrainConfig
+from prompt_banks.generate_report import DEFAULT_MAX_FAILED_SHARE
 from prompt_banks.spec import CLIPSettings, DomainSpec, bundled_spec_path, load_spec
 
 # The baselines every evaluation reports beside AAPE (aape.config.Method).
@@ -43,6 +44,8 @@ class GenerateParams(_Params):
     limit_classes: int | None = Field(None, ge=1)  # only the first N classes (smoke runs)
     # LLMSettings fields that override the spec's (backend, base_url, model, concurrency, ...).
     llm: dict[str, Any] = Field(default_factory=dict)
+    # The run fails when more than this share of the rows it asked for failed.
+    max_failed_share: float = Field(DEFAULT_MAX_FAILED_SHARE, ge=0, le=1)
     progress: bool = True
 
 
@@ -66,6 +69,13 @@ class FeatureParams(_Params):
     batch_size: int = Field(64, ge=1)
 
 
+class CompactParams(_Params):
+    # Parts a merge replaced are deleted once this long has passed (readers that listed the store
+    # before the merge may still open them); the default matches `aape bank compact`.
+    grace_s: float = Field(900.0, ge=0)
+    features: bool = True  # the feature cache too
+
+
 class TrainParams(_Params):
     dataset: str
     domain: str  # the bank domain of the dataset's classes
@@ -77,6 +87,17 @@ class TrainParams(_Params):
     max_eval_images: int | None = Field(None, ge=1)
     config: TrainConfig = TrainConfig()
     progress: bool = True
+
+
+class BankQualityParams(_Params):
+    dataset: str
+    domain: str
+    data_root: str | None = None
+    clip: CLIPSettings = CLIPSettings()
+    shots: int = Field(16, ge=1)  # the training images the margins are measured on
+    seed: int = 1
+    n_views: int = Field(16, ge=0)
+    max_eval_images: int | None = Field(None, ge=1)
 
 
 class EvaluateParams(_Params):
@@ -139,6 +160,7 @@ class BuildDomainParams(_Params):
     data_root: str | None = None
     clip: CLIPSettings | None = None  # None: the spec's CLIP
     llm: dict[str, Any] = Field(default_factory=dict)
+    max_failed_share: float = Field(DEFAULT_MAX_FAILED_SHARE, ge=0, le=1)  # of generated rows
     shots: tuple[int, ...] = (16,)
     seeds: tuple[int, ...] = (1,)
     n_views: int = Field(16, ge=0)

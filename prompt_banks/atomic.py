@@ -78,11 +78,13 @@ def write_parquet_atomic(
     return Path(path)
 
 
-def publish_part(table: pa.Table, folder: str | os.PathLike[str], *, what: str) -> str:
-    """Publish `table` as a new part (`part_name()`) in `folder`, a local folder (fsync + rename)
-    or an fsspec URL; returns the part's path or URL. An unwritable place is a UserError naming
-    `what` (the store), and leaves no part behind."""
-    name = part_name()
+def publish_part(
+    table: pa.Table, folder: str | os.PathLike[str], *, what: str, name: str | None = None
+) -> str:
+    """Publish `table` as a new part (`name`, default `part_name()`) in `folder`, a local folder
+    (fsync + rename) or an fsspec URL; returns the part's path or URL. An unwritable place is a
+    UserError naming `what` (the store), and leaves no part behind."""
+    name = name or part_name()
     if is_url(folder):
         return _publish_remote(table, str(folder).rstrip("/"), name, what)
     folder = Path(str(folder).removeprefix("file://"))

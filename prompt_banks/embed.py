@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from prompt_banks import snapshots
 from prompt_banks.clip import LoadedCLIP
 from prompt_banks.errors import UserError
 from prompt_banks.schema import text_hash
@@ -270,13 +271,33 @@ def embed_domain(
 ) -> EmbedReport:
     """Embed every text of `domain` not yet embedded for this CLIP; a second run encodes
     nothing. Writes one store file per chunk, so an interrupted run resumes where it stopped."""
-    started = time.perf_counter()
     store.check_model_dim(clip.model_id, clip.dim)  # refuse before any work
     texts = domain_texts(store, domain)
+    report = embed_missing(
+        store, texts, clip, label=domain, batch_size=batch_size, progress=progress
+    )
+    snapshots.take(store, domain, clip.model_id)  # the bank as training will read it
+    return report
+
+
+def embed_missing(
+    store: BankStore,
+    texts: Sequence[str],
+    clip: LoadedCLIP,
+    *,
+    label: str,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> EmbedReport:
+    """Embed the distinct `texts` not yet embedded for this CLIP (`label` names them in the
+    report and the progress bar: a domain, a caption dataset). One store file per chunk."""
+    started = time.perf_counter()
+    store.check_model_dim(clip.model_id, clip.dim)
+    texts = list(dict.fromkeys(texts))
     todo = pending_texts(store, texts, clip.model_id)
     truncated = 0
     with tqdm(
-        total=len(todo), disable=not progress or not todo, unit="text", desc=f"embed {domain}"
+        total=len(todo), disable=not progress or not todo, unit="text", desc=f"embed {label}"
     ) as bar:
         for start in range(0, len(todo), CHUNK_SIZE):
             rows = embed_texts_to_rows(
@@ -285,7 +306,7 @@ def embed_domain(
             truncated += sum(r["truncated"] for r in rows)
             store.append_embeddings(rows)
     return EmbedReport(
-        domain=domain,
+        domain=label,
         model_id=clip.model_id,
         texts=len(texts),
         already=len(texts) - len(todo),

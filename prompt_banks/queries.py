@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import torch
 
 from prompt_banks.errors import UserError
+from prompt_banks.integrity import FIX
 from prompt_banks.store import BankStore
 from prompt_banks.text import canonical_class_name
 
@@ -148,9 +149,13 @@ def bank_tensor(
             f"'{domain}' have no embedding for '{model_id}' (e.g. {sorted(missing)[0]!r}); "
             f"run `aape bank embed --domain {domain}` with that model"
         )
-    flat = pc.list_flatten(
-        embedding.combine_chunks() if isinstance(embedding, pa.ChunkedArray) else embedding
-    )
+    vectors_of = embedding.combine_chunks() if isinstance(embedding, pa.ChunkedArray) else embedding
+    if pc.any(pc.not_equal(pc.list_value_length(vectors_of), dim)).as_py():
+        raise UserError(
+            f"store {store.root}: embeddings of '{model_id}' hold vectors whose length is not "
+            f"their dim {dim}; {FIX}"
+        )
+    flat = pc.list_flatten(vectors_of)
     vectors = np.array(flat.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
     counts = Counter(found)
     n_max = max(counts.values())

@@ -10,6 +10,11 @@ race, readers still see each key once (the newest row wins).
 
 The root is a local folder (first-class: fsync + `os.replace`) or an fsspec URL (`s3://...`,
 `gs://...`, `memory://...`); DuckDB reads URL roots through the same fsspec filesystem.
+
+Readers read the live parts (`prompt_banks.parts`): after a compaction, the merged parts and not
+their inputs. `connect(pin=snapshot)` reads exactly the rows of a snapshot (`snapshots/`,
+`prompt_banks.snapshots`): the snapshot's domain, CLIP model and origin parts, wherever
+compaction has moved their rows.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import os
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import fsspec
@@ -28,10 +33,18 @@ import pyarrow as pa
 from prompt_banks import schema
 from prompt_banks.atomic import publish_part
 from prompt_banks.errors import UserError
+from prompt_banks.integrity import check_parts
+from prompt_banks.parts import Part, live_parts
 from prompt_banks.paths import banks_dir, is_url
+
+if TYPE_CHECKING:
+    from prompt_banks.snapshots import Snapshot
 
 DESCRIPTIONS_DIR = "descriptions"
 EMBEDDINGS_DIR = "embeddings"
+SNAPSHOTS_DIR = "snapshots"
+# The last row of a part whose length its name does not tell (a writer's part: read it whole).
+_WHOLE = 2**62
 # An embedding whose norm is further than this from 1 was not normalised by its writer.
 _NORM_TOLERANCE = 1e-3
 
@@ -95,6 +108,13 @@ class BankStore:
         self._fs: fsspec.AbstractFileSystem | None = None
         if not self.is_local:
             self._fs, _ = fsspec.core.url_to_fs(str(raw))
+        self.pin: Snapshot | None = None
+
+    def at(self, snapshot: Snapshot) -> BankStore:
+        """This store read as of `snapshot`: every query sees exactly the snapshot's rows."""
+        pinned = BankStore(self.root if self.is_local else str(self.root))
+        pinned.pin = snapshot
+        return pinned
 
     # -- paths ----------------------------------------------------------------------------
     def _join(self, *parts: str) -> Path | str:
@@ -110,20 +130,32 @@ class BankStore:
     def embeddings_dir(self) -> Path | str:
         return self._join(EMBEDDINGS_DIR)
 
+    @property
+    def snapshots_dir(self) -> Path | str:
+        return self._join(SNAPSHOTS_DIR)
+
+    def _parts(self, folder: Path | str) -> list[Part]:
+        """The live parts of a table (never a `.tmp` in flight, never a merged input), oldest
+        first."""
+        return live_parts(folder)[0]
+
     def _files(self, folder: Path | str) -> list[str]:
-        """The published files of a table (never a `.tmp` in flight), oldest first."""
-        if self.is_local:
-            folder = Path(folder)
-            return sorted(str(p) for p in folder.glob("*.parquet")) if folder.is_dir() else []
-        assert self._fs is not None
-        found = self._fs.glob(f"{str(folder).rstrip('/')}/*.parquet")
-        return sorted(self._fs.unstrip_protocol(p) for p in found)
+        """The live files of a table as DuckDB reads them, oldest first."""
+        return [p.url for p in self._parts(folder)]
 
     def file_count(self) -> int:
         """Published files in both tables (tests use it to show a no-op wrote nothing)."""
         return len(self._files(self.descriptions_dir)) + len(self._files(self.embeddings_dir))
 
     # -- reading --------------------------------------------------------------------------
+    def _tables(self) -> list[tuple[str, Path | str, pa.Schema, str]]:
+        """The tables `connect` opens as views: (name, folder, schema, key columns). A store
+        with more tables (the caption bank, `aape.vl.bank`) extends this list."""
+        return [
+            ("descriptions", self.descriptions_dir, schema.DESCRIPTIONS, "row_key"),
+            ("embeddings", self.embeddings_dir, schema.EMBEDDINGS, "text_hash, model_id"),
+        ]
+
     def connect(self) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection with two views, `descriptions` and `embeddings`.
 
@@ -131,28 +163,80 @@ class BankStore:
         failed row is never seen. An empty table is still a view (with zero rows). The file list
         is fixed when the connection opens: later appends are not seen half-way through a query.
         `descriptions_all` and `embeddings_all` are every stored row, duplicates included: cheaper
-        for questions that only need distinct keys."""
+        for questions that only need distinct keys. `descriptions_origin` and `embeddings_origin`
+        add each row's `origin` (the writer's part it came from). On a pinned store (`at`) every
+        view holds only the snapshot's rows."""
         con = duckdb.connect()
         if self._fs is not None:
             con.register_filesystem(self._fs)
-        for name, folder, table_schema, key in (
-            ("descriptions", self.descriptions_dir, schema.DESCRIPTIONS, "row_key"),
-            ("embeddings", self.embeddings_dir, schema.EMBEDDINGS, "text_hash, model_id"),
-        ):
-            files = self._files(folder)
-            if not files:
-                con.register(f"_{name}_empty", table_schema.empty_table())
-                con.execute(f"CREATE VIEW {name}_all AS SELECT * FROM _{name}_empty")
-            else:
-                # A view cannot hold parameters, so the file list becomes a literal; the paths
-                # come from our own listing and are quoted, never from user text.
-                listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-                con.execute(f"CREATE VIEW {name}_all AS SELECT * FROM read_parquet([{listed}])")
+        for name, folder, table_schema, key in self._tables():
+            parts = self._parts(folder)
+            check_parts([p.url for p in parts], table_schema, self._fs, what="store")
+            self._table_views(con, name, parts, table_schema)
             con.execute(
                 f"CREATE VIEW {name} AS SELECT * FROM {name}_all "
                 f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY created_at DESC) = 1"
             )
         return con
+
+    def _table_views(
+        self, con: duckdb.DuckDBPyConnection, name: str, parts: list[Part], table_schema: pa.Schema
+    ) -> None:
+        """`<name>_origin` and `<name>_all` over `parts` (or the pin's rows of them)."""
+        wanted = None if self.pin is None else set(self.pin.origins.get(name, ()))
+        ranges: dict[str, list[Any]] = {"filename": [], "lo": [], "hi": [], "origin": []}
+        for part in parts:
+            start = 0
+            for origin, rows in part.origins:
+                if wanted is None or origin in wanted:
+                    ranges["filename"].append(part.url)
+                    ranges["lo"].append(start)
+                    ranges["hi"].append(_WHOLE if rows < 0 else start + rows)
+                    ranges["origin"].append(origin)
+                start += max(rows, 0)
+        if wanted is not None:
+            self._check_pinned(name, wanted, set(ranges["origin"]))
+        files = list(dict.fromkeys(ranges["filename"]))
+        if not files:
+            con.register(f"_{name}_empty", table_schema.empty_table())
+            con.execute(
+                f"CREATE VIEW {name}_origin AS SELECT *, NULL::VARCHAR AS origin FROM _{name}_empty"
+            )
+            con.execute(f"CREATE VIEW {name}_all AS SELECT * FROM _{name}_empty")
+            return
+        # A view cannot hold parameters, so the file list becomes a literal; the paths come from
+        # our own listing and are quoted, never from user text.
+        listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+        con.register(f"_{name}_ranges", pa.table(ranges))
+        con.execute(
+            f"CREATE VIEW {name}_origin AS SELECT t.* EXCLUDE (filename, file_row_number), "
+            f"r.origin FROM read_parquet([{listed}], filename = true, file_row_number = true) t "
+            f"JOIN _{name}_ranges r ON t.filename = r.filename "
+            f"AND t.file_row_number >= r.lo AND t.file_row_number < r.hi"
+        )
+        if self.pin is None:
+            con.execute(f"CREATE VIEW {name}_all AS SELECT * FROM read_parquet([{listed}])")
+            return
+        column, value = (
+            ("domain", self.pin.domain)
+            if name == "descriptions"
+            else ("model_id", self.pin.model_id)
+        )
+        con.register(f"_{name}_scope", pa.table({"value": pa.array([value], pa.string())}))
+        con.execute(
+            f"CREATE VIEW {name}_all AS SELECT * EXCLUDE (origin) FROM {name}_origin "
+            f"WHERE {column} = (SELECT value FROM _{name}_scope)"
+        )
+
+    def _check_pinned(self, name: str, wanted: set[str], found: set[str]) -> None:
+        gone = sorted(wanted - found)
+        if gone:
+            assert self.pin is not None
+            raise UserError(
+                f"snapshot {self.pin.id}: {len(gone)} {name} parts it was read from are gone "
+                f"from {self.root} (e.g. {gone[0]}); the snapshot cannot be read exactly, "
+                "pick another one from `aape bank history`"
+            )
 
     def stored_description_keys(self, domain: str | Iterable[str] | None = None) -> set[str]:
         """Keys of rows that need no new call: status ok or dropped (a failed row may be retried).
@@ -196,6 +280,10 @@ class BankStore:
             )
 
     # -- writing --------------------------------------------------------------------------
+    def _writable(self) -> None:
+        if self.pin is not None:
+            raise UserError(f"store: snapshot {self.pin.id} is read-only; write to the store")
+
     def _publish(self, table: pa.Table, folder: Path | str) -> str:
         return publish_part(table, folder, what="store")
 
@@ -203,6 +291,7 @@ class BankStore:
         """Store description rows whose key is new (or whose stored row failed). Returns how many
         were written. Rows must carry every column of `schema.DESCRIPTIONS` except `created_at`,
         which is filled in."""
+        self._writable()
         now = utc_now()
         rows = list(rows)
         # A row key hashes its domain, so only the rows' own domains can hold it already.
@@ -232,6 +321,7 @@ class BankStore:
         """Store embedding rows for (text_hash, model_id) pairs not stored yet; returns how many
         were written. Refuses a model id whose stored dimension differs. Rows carry every column
         of `schema.EMBEDDINGS` except `created_at`; `embedding` may be a list or a NumPy array."""
+        self._writable()
         now = utc_now()
         rows = [{"created_at": now, **r} for r in rows]
         if not rows:

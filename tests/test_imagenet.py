@@ -130,7 +130,7 @@ def test_templates_show_the_name_and_a_shared_bank_name_reaches_each_class(
     store = BankStore(banks_dir(home))
     import_file(store, tmp_path / "bank.json", domain="wn")
     embed_domain(store, "wn", tiny_clip, progress=False)
-    texts = class_texts(tiny_clip, ds.classnames, bank_domain="wn", home=home)
+    texts, _ = class_texts(tiny_clip, ds.classnames, bank_domain="wn", home=home)
     want = encode_texts(tiny_clip, [template_text(n) for n in ds.classnames]).embeddings
     assert torch.allclose(texts.templates, want)
     corgi, sweater = ds.class_keys.index("n02113186"), ds.class_keys.index("n02963159")

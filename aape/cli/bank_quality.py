@@ -10,36 +10,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aape.cli.common import add_clip, add_home, command, int_list, positive_int
-from aape.cli.train import _add_task_args, _config, _task_factory
+from aape.cli.train import _add_task_args, _config, _task_factory, add_data_checks
 from prompt_banks.errors import UserError
-from prompt_banks.paths import banks_dir, runs_dir
+from prompt_banks.paths import runs_dir
 
 if TYPE_CHECKING:
     from aape.data import Task
 
 
-def _store_texts(args: Namespace, task: Task, domain: str | None) -> tuple[Any, Any]:
-    """The bank's texts in bank order and the store's hygiene, where the bank is in a store."""
-    if not domain:
-        return None, None
-    from prompt_banks.queries import class_texts, hygiene
-    from prompt_banks.store import BankStore
-    from prompt_banks.text import canonical_class_name
-
-    store = BankStore(banks_dir(args.home))
-    by_key = class_texts(store, domain, task.texts.names)
-    texts = {n: by_key.get(canonical_class_name(n), []) for n in task.texts.names}
-    model_id = None if args.features_dir else task.model_id
-    health = hygiene(store, domain, model_id)
-    return texts, {n: health.get(canonical_class_name(n), {}) for n in task.texts.names}
-
-
 def handle_report(args: Namespace) -> int:
-    from aape.bank_report import bank_report, write_bank_report
+    from aape.bank_report import bank_report, store_texts, write_bank_report
 
     name, make = _task_factory(args)
     task = make(args.shots, args.seed)
-    texts, health = _store_texts(args, task, args.bank_domain)
+    texts, health = None, None
+    if args.bank_domain:
+        tokens_of = None if args.features_dir else task.model_id
+        texts, health = store_texts(args.home, args.bank_domain, task, tokens_of=tokens_of)
     report = bank_report(task, texts=texts, hygiene=health, run=args.run)
     out = Path(args.out) if args.out else runs_dir(args.home) / "bank-report" / name
     paths = write_bank_report(task, report, out)
@@ -137,6 +124,7 @@ def register(bank_sub: argparse._SubParsersAction) -> None:
     src.add_argument("--banks", help="comma list of bank domains in the store")
     src.add_argument("--features-dirs", help="comma list of bring-your-own-features folders")
     src.add_argument("--data-root", help="where the dataset's files are (default: its registry)")
+    add_data_checks(src)
     add_home(p)
     add_clip(p)
     p.add_argument("--shots", type=int_list, default=(4,), help="shots (the largest is used)")

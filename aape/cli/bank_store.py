@@ -1,4 +1,4 @@
-"""CLI: the prompt-bank store: `aape bank import|embed|stats|query|export`."""
+"""CLI: the prompt-bank store: `aape bank import|embed|stats|query|export|history|diff|compact`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 from aape.cli.common import add_clip, add_home, command
 from prompt_banks.errors import UserError
+from prompt_banks.input_files import FORMATS
 from prompt_banks.paths import banks_dir
 
 
@@ -32,12 +33,20 @@ def _print_json(value: Any) -> None:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from prompt_banks.importers import import_file, load_class_list, load_rename_map
+    from prompt_banks.importers import import_file
+    from prompt_banks.input_files import load_class_list, load_rename_map
 
     rename = load_rename_map(args.rename) if args.rename else None
-    classes = load_class_list(args.classes) if args.classes else None
+    dataset = args.dataset or args.domain
+    classes = load_class_list(args.classes, dataset) if args.classes else None
     report = import_file(
-        _store(args), args.file, domain=args.domain, fmt=args.format, rename=rename, classes=classes
+        _store(args),
+        args.file,
+        domain=args.domain,
+        fmt=args.format,
+        rename=rename,
+        classes=classes,
+        dataset=dataset,
     )
     if args.json:
         _print_json(report.to_dict())
@@ -127,11 +136,96 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _history(args: argparse.Namespace) -> int:
+    from prompt_banks.queries import list_domains
+    from prompt_banks.snapshots import history
+
+    store = _store(args)
+    entries = history(store, args.domain)
+    if not entries and args.domain not in list_domains(store):
+        raise UserError(
+            f"--domain: '{args.domain}' is not in the store {store.root}; see `aape bank stats`"
+        )
+    if args.json:
+        _print_json(entries)
+        return 0
+    if not entries:
+        print(f"domain '{args.domain}': no snapshot recorded yet (one is at each write or read)")
+    for e in entries:
+        ids = "  ".join(f"{k}={v}" for k, v in e["snapshots"].items())
+        print(
+            f"{e['first_recorded']}  {e['rows']} rows ({e['rows_added']:+d}), "
+            f"{e['classes']} classes ({e['classes_added']:+d})  {ids}"
+        )
+        for g in e["added_by"]:
+            who = g["llm_model"] or g["source"]
+            params = f" {g['llm_params']}" if g["llm_params"] else ""
+            print(f"    {g['rows']:+d} rows by {who}{params}")
+    return 0
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from prompt_banks.snapshots import diff
+
+    d = diff(_store(args), args.domain, args.a, args.b)
+    if args.json:
+        _print_json(d)
+        return 0
+    print(
+        f"{d['a']} -> {d['b']} (domain '{d['domain']}'): {d['rows_added']} rows added, "
+        f"{d['rows_removed']} removed, in {d['classes_with_rows_added']} classes"
+    )
+    print(f"classes added ({len(d['classes_added'])}): {', '.join(d['classes_added']) or '-'}")
+    print(
+        f"classes removed ({len(d['classes_removed'])}): {', '.join(d['classes_removed']) or '-'}"
+    )
+    for g in d["rows_added_by"]:
+        params = f" {g['llm_params']}" if g["llm_params"] else ""
+        print(f"    {g['rows']:+d} rows by {g['llm_model'] or g['source']}{params}")
+    return 0
+
+
+def _compact(args: argparse.Namespace) -> int:
+    from prompt_banks.compaction import compact_store
+
+    if args.grace < 0:
+        raise UserError(f"--grace: {args.grace} must be 0 or more seconds")
+    reports = [] if args.features_only else compact_store(_store(args), grace_s=args.grace)
+    if args.features or args.features_only:
+        from aape.cache_compaction import compact_features
+
+        reports += compact_features(args.home, grace_s=args.grace)
+    if args.json:
+        _print_json([r.to_dict() for r in reports])
+        return 0
+    for r in reports:
+        if r.files_before or r.deleted:
+            print(
+                f"{r.folder}: {r.files_before} -> {r.files_after} live parts ({r.merged} merged, "
+                f"{r.rows} rows), {r.deleted} old files deleted, {r.pending} kept for the grace"
+            )
+    if not any(r.files_before or r.deleted for r in reports):
+        print("nothing to compact")
+    return 0
+
+
 def _positive(value: str) -> int:
     n = int(value)
     if n < 1:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
     return n
+
+
+def _domain_command(
+    sub: argparse._SubParsersAction, name: str, func: Any, *, help: str, examples: str
+) -> argparse.ArgumentParser:
+    """A subcommand about one domain, with --domain, --json and --home."""
+    p = command(sub, name, help=help, examples=examples)
+    p.add_argument("--domain", required=True)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    add_home(p)
+    p.set_defaults(func=func)
+    return p
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -145,13 +239,17 @@ def register(sub: argparse._SubParsersAction) -> None:
             aape bank import descriptors_pets.json --domain pets --format dclip
             aape bank import cupl_cal.json --domain caltech101 --rename cupl_to_coop.json
             aape bank import imagenet_prompts_base.json --domain imagenet --classes imagenet
+            # CLIP_benchmark's en_zeroshot_classification_templates.json (here en_templates.json)
+            # expanded over its en_classnames.json, or over your own class list:
+            aape bank import en_templates.json --domain eurosat --classes en_classnames.json
+            aape bank import en_templates.json --domain my-cars --dataset cars --classes cars.txt
         """,
     )
     p.add_argument("file", help="JSON file: {class: [text, ...]} or CLIP_benchmark templates")
     p.add_argument("--domain", required=True, help="domain (dataset) the classes belong to")
     p.add_argument(
         "--format",
-        choices=["cupl", "dclip", "clip-benchmark"],
+        choices=list(FORMATS),
         default=None,
         help="file format (default: detected from the content)",
     )
@@ -165,8 +263,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--classes",
         default=None,
         metavar="LIST",
-        help="reference class list (`imagenet`, a .json list or one name per line): "
-        "reports collisions and missing classes; expands generic templates",
+        help="reference class list (`imagenet`, a .json list, CLIP_benchmark's "
+        "*_classnames.json, or one name per line): reports collisions and missing classes; "
+        "expands generic templates",
+    )
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help="the dataset key to read in CLIP_benchmark's per-dataset files (templates, "
+        "class names); default: --domain",
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_home(p)
@@ -193,19 +298,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_home(p)
     p.set_defaults(func=_embed)
 
-    p = command(
+    _domain_command(
         sub,
         "stats",
+        _stats,
         help="counts of a domain: classes, statuses, duplicates, failures, embeddings",
         examples="""
             aape bank stats --domain pets
             aape bank stats --domain pets --json
         """,
     )
-    p.add_argument("--domain", required=True)
-    p.add_argument("--json", action="store_true", help="print JSON")
-    add_home(p)
-    p.set_defaults(func=_stats)
 
     p = command(
         sub,
@@ -245,3 +347,51 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out", help="output JSON path")
     add_home(p)
     p.set_defaults(func=_export)
+
+    _domain_command(
+        sub,
+        "history",
+        _history,
+        help="the snapshots of a domain over time: rows and classes added, by which LLM",
+        examples="""
+            aape bank history --domain pets
+            aape bank history --domain pets --json
+        """,
+    )
+    p = _domain_command(
+        sub,
+        "diff",
+        _diff,
+        help="classes added or removed and rows added between two snapshots of a domain",
+        examples="""
+            aape bank diff --domain pets 3f2a91bc 91bc7d10
+            aape bank diff --domain pets 3f2a91bc7d10e4aa 91bc7d10e4aa3f2a --json
+        """,
+    )
+    p.add_argument("a", help="the older snapshot id (or a unique prefix of 6+ characters)")
+    p.add_argument("b", help="the newer snapshot id")
+
+    p = command(
+        sub,
+        "compact",
+        help="merge the store's small part files into large ones (safe beside readers/writers)",
+        examples="""
+            aape bank compact
+            aape bank compact --features          # the image-feature cache too
+            aape bank compact --features-only --grace 0 --json
+        """,
+    )
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=900.0,
+        metavar="SECONDS",
+        help="keep merged parts this long before deleting them, for readers that listed the "
+        "store before the merge (default 900; 0 deletes at once)",
+    )
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--features", action="store_true", help="also the image-feature cache")
+    what.add_argument("--features-only", action="store_true", help="only the feature cache")
+    p.add_argument("--json", action="store_true", help="print the reports as JSON")
+    add_home(p)
+    p.set_defaults(func=_compact)

@@ -20,13 +20,14 @@ def add_clip(parser: argparse.ArgumentParser, *, default_model: str | None = "aa
     parser.add_argument(
         "--clip-model",
         default=default_model,
-        help="open_clip architecture (ViT-B-16, ...), aape-tiny, or local-dir:/path",
+        help="open_clip architecture (ViT-B-16, ...), aape-tiny, local-dir:/path, or "
+        "hf-hub:org/name (read from the Hugging Face cache with HF_HUB_OFFLINE=1)",
     )
     parser.add_argument(
         "--pretrained",
         default=None,
-        help="open_clip pretrained tag (openai, ...) or a local weights file; "
-        "omit for aape-tiny's random weights",
+        help="open_clip pretrained tag (openai, ...) or a local weights file (.safetensors, a "
+        ".pt/.bin state dict, or OpenAI's TorchScript .pt); omit for aape-tiny's random weights",
     )
 
 
@@ -54,6 +55,19 @@ def int_list(text: str) -> tuple[int, ...]:
     if not values:
         raise argparse.ArgumentTypeError("give at least one integer")
     return values
+
+
+def add_config_args(parser: argparse.ArgumentParser, what: str = "TrainConfig") -> None:
+    """--config FILE and repeatable --set KEY=VALUE, the overrides of a training config."""
+    group = parser.add_argument_group("training config")
+    group.add_argument("--config", help=f"YAML/JSON file of {what} fields")
+    group.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one field, e.g. --set lambda_distill=0 (repeatable)",
+    )
 
 
 def positive_int(text: str) -> int:

@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from aape.cli.common import add_clip, add_home, command, int_list
-from aape.cli.features import add_image_checks
-from aape.cli.train import add_shots_policy
+from aape.cli.train import add_data_checks
 from prompt_banks.errors import UserError
 
 
@@ -148,8 +147,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--seeds", type=int_list, default=(1, 2, 3), help="e.g. 1,2,3")
     src.add_argument("--views", type=int, default=16, help="augmented views per train image")
     src.add_argument("--max-eval-images", type=int, help="val/test images per class (default all)")
-    add_image_checks(src)
-    add_shots_policy(src)
+    add_data_checks(src)
     src.add_argument("--config", help="YAML/JSON file of TrainConfig fields")
     src.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override")
     src.add_argument("--baselines", default="zeroshot,cupl", help="also run these; '' for none")

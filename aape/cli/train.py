@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aape.cli.common import add_clip, add_home, command, int_list, positive_int
+from aape.cli.common import add_clip, add_config_args, add_home, command, int_list, positive_int
 from aape.cli.features import add_image_checks
 from aape.config import TrainConfig, load_config
 from aape.fewshot import SHOTS_POLICIES
@@ -20,8 +20,10 @@ if TYPE_CHECKING:
     from aape.data import Task
 
 
-def add_shots_policy(parser: argparse._ActionsContainer) -> None:
-    parser.add_argument(
+def add_data_checks(group: argparse._ActionsContainer) -> None:
+    """--max-missing and --shots-policy: what a task may do without."""
+    add_image_checks(group)
+    group.add_argument(
         "--shots-policy",
         choices=SHOTS_POLICIES,
         default="error",
@@ -35,21 +37,17 @@ def _add_task_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--dataset", help="registered dataset name (see `aape features --help`)")
     src.add_argument("--features-dir", help="bring-your-own-features folder (instead of --dataset)")
     src.add_argument("--bank-domain", help="prompt-bank domain in the store for the classes")
+    src.add_argument(
+        "--bank-snapshot",
+        metavar="ID",
+        help="read the bank as of this snapshot (`aape bank history`), not as it is now",
+    )
     src.add_argument("--data-root", help="where the dataset's files are (default: its registry)")
     src.add_argument("--seed", type=int, default=1, help="few-shot sampling and training seed")
-    add_image_checks(src)
-    add_shots_policy(src)
+    add_data_checks(src)
     add_home(p)
     add_clip(p)
-    cfg = p.add_argument_group("training config")
-    cfg.add_argument("--config", help="YAML/JSON file of TrainConfig fields")
-    cfg.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one field, e.g. --set lambda_distill=0 (repeatable)",
-    )
+    add_config_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -60,23 +58,22 @@ def _task_factory(args: argparse.Namespace) -> tuple[str, Callable[[int, int], T
     from aape.grid import TaskSource, byof_source
     from prompt_banks.clip import CLIPRef
 
+    common = dict(
+        home=args.home,
+        bank_domain=args.bank_domain,
+        bank_snapshot=args.bank_snapshot,
+        shots_policy=args.shots_policy,
+    )
     if args.features_dir:
-        source = byof_source(
-            args.features_dir,
-            home=args.home,
-            bank_domain=args.bank_domain,
-            shots_policy=args.shots_policy,
-        )
+        source = byof_source(args.features_dir, **common)
     else:
         source = TaskSource(
             name=args.dataset,
             dataset=args.dataset,
-            home=args.home,
             data_root=args.data_root,
             clip=CLIPRef(args.clip_model, args.pretrained),
-            bank_domain=args.bank_domain,
             max_missing=args.max_missing,
-            shots_policy=args.shots_policy,
+            **common,
         )
     return source.name, source.load
 
@@ -93,16 +90,18 @@ def _print_metrics(name: str, metrics: dict) -> None:
 
 def handle_train(args: argparse.Namespace) -> int:
     from aape.evaluate import evaluate
-    from aape.protocols import write_json_atomic
+    from aape.lineage import lineage
+    from aape.protocols import config_dir_name, inputs_of, write_json_atomic
     from aape.train import train
 
     cfg = _config(args).model_copy(update={"seed": args.seed})
     name, make = _task_factory(args)
     task = make(args.shots, args.seed)
+    setting = config_dir_name(cfg, inputs_of(task))  # method, bank domain, identity hash
     out = (
         Path(args.out)
         if args.out
-        else runs_dir(args.home) / "train" / f"{name}-{cfg.tag()}-k{args.shots}-s{args.seed}"
+        else runs_dir(args.home) / "train" / f"{name}-{setting}-k{args.shots}-s{args.seed}"
     )
     out.mkdir(parents=True, exist_ok=True)  # an unwritable --out fails now, not after training
     if args.force and (out / "checkpoint.pt").exists():
@@ -124,6 +123,7 @@ def handle_train(args: argparse.Namespace) -> int:
         "clip": None
         if args.features_dir
         else {"model": args.clip_model, "pretrained": args.pretrained},
+        "lineage": lineage(task),
         **metrics,
     }
     write_json_atomic(record, out / "metrics.json")
@@ -174,12 +174,13 @@ def _target_factories(args: argparse.Namespace, cfg: TrainConfig) -> dict[str, C
 
 def handle_eval(args: argparse.Namespace) -> int:
     from aape import protocols
+    from aape.baselines import baseline_config
     from aape.report import write_report
 
     cfg = _config(args)
     cfgs = [cfg] if args.no_lambda0 else protocols.with_lambda0(cfg)
     for extra in args.baselines.split(",") if args.baselines else []:
-        cfgs.append(cfg.model_copy(update={"method": extra.strip()}))
+        cfgs.append(baseline_config(cfg, extra.strip()))
     name, make = _task_factory(args)
     root = Path(args.out) if args.out else runs_dir(args.home)
     seeds = list(args.seeds)
@@ -222,21 +223,20 @@ def handle_report(args: argparse.Namespace) -> int:
 
 
 def handle_export(args: argparse.Namespace) -> int:
-    from aape.artifact import export_artifact
+    from aape.artifact import export_artifact, record_metrics, run_record
     from aape.train import load_checkpoint
     from prompt_banks.clip import CLIPRef
 
     result = load_checkpoint(args.run)
-    metrics_file = Path(args.run) / "metrics.json"
-    saved = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else {}
-    metrics = {k: saved[k] for k in ("acc1", "acc5", "mean_per_class_recall") if k in saved}
+    saved = run_record(args.run)
+    metrics = record_metrics(saved)
     ref = None
     if args.clip_model:
         ref = CLIPRef(args.clip_model, args.pretrained)
     elif saved.get("clip"):  # how `aape train` loaded CLIP, so `aape predict` can do the same
         ref = CLIPRef(saved["clip"]["model"], saved["clip"].get("pretrained"))
     out = Path(args.out) if args.out else artifacts_dir(args.home) / Path(args.run).name
-    path = export_artifact(result, out, clip_ref=ref, metrics=metrics)
+    path = export_artifact(result, out, clip_ref=ref, metrics=metrics, lineage=saved.get("lineage"))
     size = sum(f.stat().st_size for f in path.iterdir())
     print(f"artifact: {path} ({size / 1024:.0f} KB, classes: {len(result.class_names)})")
     return 0
@@ -285,6 +285,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         aape train --dataset textile-defects --bank-domain textile --shots 4
         aape train --features-dir my-features --set recipe=adamw --set lambda_distill=0
         aape train --dataset animal-mnist --bank-domain animals --set method=linear_probe
+        aape train --dataset textile-defects --bank-domain textile --bank-snapshot 3f2a91bc7d10e4aa
         aape train --dataset dtd --data-root ~/data --shots 16 --max-missing 5 \\
             --shots-policy all-available   # a few files lost, some classes under 16 images
         """,
@@ -329,7 +330,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--baselines",
         default="zeroshot,cupl",
-        help="also run these methods (zeroshot,cupl,linear_probe); '' for none",
+        help="also run these baselines (zeroshot,cupl,linear_probe,linear_probe_adamw); "
+        "'' for none",
     )
     p.add_argument("--no-lambda0", action="store_true", help="skip the lambda=0 companion run")
     p.add_argument("--out", help="runs root (default: $AAPE_HOME/runs)")

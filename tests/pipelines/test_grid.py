@@ -68,7 +68,7 @@ def test_run_specs_are_small_ordered_and_deduplicated(tiny_domain, tmp_path: Pat
     assert len(specs) == 2 * 2 * 3  # the repeated config is one run
     assert [(s.shots, s.seed) for s in specs[:4]] == [(1, 1), (1, 1), (1, 1), (1, 2)]
     assert all(s.config.seed == s.seed for s in specs)
-    assert len({s.folder for s in specs}) == len(specs)
+    assert len({pickle.dumps(s) for s in specs}) == len(specs)
     assert len(pickle.dumps(specs[0])) < 4000  # a spec names its data, it does not carry it
     b2n = grid.run_specs("base-to-new", source, METHODS, tmp_path, shots=[1, 4], seeds=[1])
     assert {s.shots for s in b2n} == {4}
@@ -87,7 +87,7 @@ def test_executed_runs_equal_the_serial_protocol(
     specs = grid.run_specs(protocol, source, METHODS, tmp_path / "grid", shots=[1, 2], seeds=[1])
     assert grid.prepare(specs, progress=False) > 0
     assert grid.prepare(specs, progress=False) == 0  # the workers will only read
-    fanned = {s.folder.relative_to(tmp_path / "grid"): grid.execute(s) for s in reversed(specs)}
+    records = [grid.execute(s) for s in reversed(specs)]
     serial_root = tmp_path / "serial"
     if protocol == "few-shot":
         serial = protocols.few_shot(
@@ -98,17 +98,24 @@ def test_executed_runs_equal_the_serial_protocol(
             lambda s: source.load(2, s), source.name, METHODS, serial_root, shots=2, seeds=[1],
             progress=False,
         )  # fmt: skip
-    assert len(serial) == len(fanned) == len(specs)
-    by_folder = {
-        Path(p).relative_to(serial_root): r
-        for r, p in zip(serial, sorted(serial_root.rglob(protocols.RESULT_NAME)), strict=True)
+    assert len(serial) == len(records) == len(specs)
+    fanned = result_files(tmp_path / "grid")
+    assert fanned.keys() == result_files(serial_root).keys() and len(fanned) == len(specs)
+    for rel, record in fanned.items():
+        assert record == result_files(serial_root)[rel], rel
+
+    def text(record: dict[str, Any]) -> str:
+        return json.dumps(record, sort_keys=True)
+
+    assert sorted(text(stable(r)) for r in records) == sorted(map(text, fanned.values()))
+
+
+def result_files(root: Path) -> dict[Path, dict[str, Any]]:
+    """Every run record under `root` by its path, without what differs between executions."""
+    return {
+        f.relative_to(root): stable(json.loads(f.read_text()))
+        for f in root.rglob(protocols.RESULT_NAME)
     }
-    assert by_folder.keys() == {f / protocols.RESULT_NAME for f in fanned}
-    for folder, record in fanned.items():
-        on_disk = json.loads((tmp_path / "grid" / folder / protocols.RESULT_NAME).read_text())
-        assert stable(on_disk) == stable(record)
-        twin = json.loads((serial_root / folder / protocols.RESULT_NAME).read_text())
-        assert stable(record) == stable(twin), folder
 
 
 KILL_SCRIPT = """
@@ -131,26 +138,27 @@ def test_a_killed_grid_resumes_where_it_stopped(
     )
     grid.prepare(specs, progress=False)
     (tmp_path / "specs.pkl").write_bytes(pickle.dumps(specs))
-    results = [s.folder / protocols.RESULT_NAME for s in specs]
+    runs = tmp_path / "runs"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
         [sys.executable, "-c", KILL_SCRIPT, str(tmp_path / "specs.pkl")], env=env,
         start_new_session=True,
     )  # fmt: skip
     deadline = time.monotonic() + 240
-    while not results[0].exists() and proc.poll() is None and time.monotonic() < deadline:
+    while not list(runs.rglob(protocols.RESULT_NAME)) and proc.poll() is None:
+        assert time.monotonic() < deadline
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)  # kill -9, mid-grid
     proc.wait()
-    done = [r for r in results if r.exists()]
+    done = list(runs.rglob(protocols.RESULT_NAME))
     assert 1 <= len(done) < len(specs), "the grid was not killed mid-way"
     before = {r: r.read_bytes() for r in done}
     records = [grid.execute(s) for s in specs]  # the same grid again
-    assert all(r.exists() for r in results)
+    results = list(runs.rglob(protocols.RESULT_NAME))
+    assert len(results) == len(specs)
     assert all(r.read_bytes() == b for r, b in before.items())  # completed runs: skipped
     assert [r["seed"] for r in records] == [1, 2, 3]
-    fresh = [r for r in results if r not in before]
-    assert all(json.loads(r.read_text())["complete"] for r in fresh)
+    assert all(json.loads(r.read_text())["complete"] for r in results)
 
 
 def test_combined_report_has_per_dataset_rows_and_the_average(tmp_path: Path) -> None:
@@ -207,7 +215,9 @@ def serial_records(params: Any) -> dict[Path, dict[str, Any]]:
 
     specs = grid_specs(params)
     grid.prepare(specs, progress=False)
-    return {s.folder: stable(grid.execute(s)) for s in specs}
+    for spec in specs:
+        grid.execute(spec)
+    return result_files(Path(params.home) / "runs")
 
 
 @pytest.mark.slow
@@ -282,11 +292,8 @@ def test_a_grid_on_a_local_ray_cluster_equals_the_serial_grid(
     shutil.rmtree(embedded_home / "runs")  # the same folders, now written by the Ray workers
     result = evaluate_grid.with_options(task_runner=make_task_runner(ray_cluster))(params)
     assert len(result["runs"]) == 12
-    fanned = {
-        f.parent: stable(json.loads(f.read_text()))
-        for f in (embedded_home / "runs").rglob(protocols.RESULT_NAME)
-    }
+    fanned = result_files(embedded_home / "runs")
     assert len(fanned) == len(reference) == 12
-    for folder, record in reference.items():
-        assert fanned[folder] == record, folder
+    for rel, record in reference.items():
+        assert fanned[rel] == record, rel
     assert "| Average | aape" in Path(result["report"]["markdown"]).read_text()

@@ -1,0 +1,1 @@
+"""Vision-language AAPE: human captions as the prompts, image-text retrieval."""
