@@ -37,7 +37,14 @@ def _from_file(path: str) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"--grid-file: {p} does not exist; write a grid YAML (see --help)")
-    data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise UserError(f"{p}: not UTF-8 text; save the grid file as UTF-8") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{p}: not valid YAML{where}; write a mapping of grid fields") from None
     if not isinstance(data, dict):
         raise UserError(f"{p}: must hold a mapping of grid fields (datasets, protocol, shots...)")
     return data
