@@ -170,18 +170,27 @@ def _record(
     )
 
 
+def completed_run(folder: Path, force: bool) -> dict[str, Any] | None:
+    """The complete record in `folder`, or None when the run is to be done (`force` clears the
+    folder first: no stale checkpoint is resumed)."""
+    existing = None if force else load_complete(folder)
+    if existing is not None:
+        log.info("skip complete run %s", folder)
+        return existing
+    if force and folder.exists():
+        shutil.rmtree(folder)
+    return None
+
+
 def _pending(
     cfgs: list[TrainConfig], folder_of: Callable[[TrainConfig], Path], force: bool
 ) -> tuple[list[dict[str, Any]], list[TrainConfig]]:
     done, todo = [], []
     for cfg in cfgs:
-        existing = None if force else load_complete(folder_of(cfg))
+        existing = completed_run(folder_of(cfg), force)
         if existing is not None:
-            log.info("skip complete run %s", folder_of(cfg))
             done.append(existing)
         else:
-            if force and folder_of(cfg).exists():
-                shutil.rmtree(folder_of(cfg))
             todo.append(cfg)
     return done, todo
 
@@ -189,6 +198,83 @@ def _pending(
 def _fit(task: Task, cfg: TrainConfig, folder: Path, progress: bool) -> TrainResult:
     ckpt = folder if cfg.method == "aape" else None
     return train(task, cfg, checkpoint_dir=ckpt, progress=progress)
+
+
+def _publish(record: dict[str, Any], folder: Path) -> dict[str, Any]:
+    write_json_atomic(record, folder / RESULT_NAME)
+    return record
+
+
+# One run of each protocol: train `cfg` (seeded), test, publish `folder/result.json`. The serial
+# protocols below and the fan-out of aape.grid both call these.
+
+
+def few_shot_run(
+    task: Task, cfg: TrainConfig, folder: Path, shots: int, seed: int, progress: bool = True
+) -> dict[str, Any]:
+    result = _fit(task, cfg, folder, progress)
+    metrics = evaluate(result.classifier, task.test, task.texts)
+    rec = _record("few-shot", task, result, shots, seed, metrics, inputs_of(task))
+    return _publish(rec, folder)
+
+
+def base_to_new_run(
+    task: Task, cfg: TrainConfig, folder: Path, shots: int, seed: int, progress: bool = True
+) -> dict[str, Any]:
+    """Train on the base classes of the full `task`; test on base and on new."""
+    base_ids, new_ids = base_new_classes(len(task.texts.names))
+    base_task = subset_task(task, base_ids, "base")
+    result = _fit(base_task, cfg, folder, progress)
+    base_m = evaluate(result.classifier, base_task.test, base_task.texts)
+    if cfg.method == "linear_probe" or not new_ids:  # cannot name unseen classes
+        new_m = {"acc1": float("nan")}
+    else:
+        new_task = subset_task(task, new_ids, "new")
+        new_m = evaluate(result.classifier, new_task.test, new_task.texts)
+    metrics = {
+        "base": base_m["acc1"],
+        "new": new_m["acc1"],
+        "H": harmonic_mean(base_m["acc1"], new_m["acc1"]),
+        "base_metrics": base_m,
+        "new_metrics": new_m,
+        "base_classes": base_task.texts.names,
+    }
+    rec = _record("base-to-new", task, result, shots, seed, metrics, inputs_of(task))
+    return _publish(rec, folder)
+
+
+def transfer_inputs(source: Task, target_names: Iterable[str]) -> RunInputs:
+    return inputs_of(source, targets=sorted(target_names))
+
+
+def transfer_run(
+    source: Task,
+    targets: dict[str, Task],
+    cfg: TrainConfig,
+    folder: Path,
+    *,
+    protocol: str,
+    shots: int,
+    seed: int,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train on `source`; test on each target among the target's own classes."""
+    result = _fit(source, cfg, folder, progress)
+    per_target = {"source": evaluate(result.classifier, source.test, source.texts)}
+    for name, target in targets.items():
+        same = target.texts.names == source.texts.names
+        if cfg.method == "linear_probe" and not same:
+            per_target[name] = {"acc1": float("nan")}
+        else:
+            per_target[name] = evaluate(result.classifier, target.test, target.texts)
+        per_target[name]["data"] = target.provenance
+    metrics = {
+        **per_target["source"],
+        "targets": per_target,
+        "target_banks": {n: bank_identity(t.texts) for n, t in targets.items()},
+    }
+    rec = _record(protocol, source, result, shots, seed, metrics, transfer_inputs(source, targets))
+    return _publish(rec, folder)
 
 
 def few_shot(
@@ -215,12 +301,7 @@ def few_shot(
 
             done, todo = _pending(seeded, folder, force)
             records += done
-            for cfg in todo:
-                result = _fit(task, cfg, folder(cfg), progress)
-                metrics = evaluate(result.classifier, task.test, task.texts)
-                rec = _record("few-shot", task, result, k, seed, metrics, inputs)
-                write_json_atomic(rec, folder(cfg) / RESULT_NAME)
-                records.append(rec)
+            records += [few_shot_run(task, c, folder(c), k, seed, progress) for c in todo]
     return records
 
 
@@ -250,27 +331,7 @@ def base_to_new(
         records += done
         if not todo:
             continue
-        base_ids, new_ids = base_new_classes(len(task.texts.names))
-        base_task = subset_task(task, base_ids, "base")
-        new_task = subset_task(task, new_ids, "new")
-        for cfg in todo:
-            result = _fit(base_task, cfg, folder(cfg), progress)
-            base_m = evaluate(result.classifier, base_task.test, base_task.texts)
-            if cfg.method == "linear_probe" or not new_ids:  # cannot name unseen classes
-                new_m = {"acc1": float("nan")}
-            else:
-                new_m = evaluate(result.classifier, new_task.test, new_task.texts)
-            metrics = {
-                "base": base_m["acc1"],
-                "new": new_m["acc1"],
-                "H": harmonic_mean(base_m["acc1"], new_m["acc1"]),
-                "base_metrics": base_m,
-                "new_metrics": new_m,
-                "base_classes": base_task.texts.names,
-            }
-            rec = _record("base-to-new", task, result, shots, seed, metrics, inputs)
-            write_json_atomic(rec, folder(cfg) / RESULT_NAME)
-            records.append(rec)
+        records += [base_to_new_run(task, c, folder(c), shots, seed, progress) for c in todo]
     return records
 
 
@@ -293,7 +354,7 @@ def transfer(
     for seed in seeds:
         seeded = [c.model_copy(update={"seed": seed}) for c in cfgs]
         source = make_source(seed)
-        inputs = inputs_of(source, targets=sorted(targets))
+        inputs = transfer_inputs(source, targets)
 
         def folder(c: TrainConfig, seed: int = seed, i: RunInputs = inputs) -> Path:
             return run_dir(Path(runs_root), protocol, source_name, c, f"k{shots}-s{seed}", i)
@@ -303,22 +364,11 @@ def transfer(
         if not todo:
             continue
         loaded = {name: make() for name, make in targets.items()}
-        for cfg in todo:
-            result = _fit(source, cfg, folder(cfg), progress)
-            per_target = {"source": evaluate(result.classifier, source.test, source.texts)}
-            for name, target in loaded.items():
-                same = target.texts.names == source.texts.names
-                if cfg.method == "linear_probe" and not same:
-                    per_target[name] = {"acc1": float("nan")}
-                else:
-                    per_target[name] = evaluate(result.classifier, target.test, target.texts)
-                per_target[name]["data"] = target.provenance
-            metrics = {
-                **per_target["source"],
-                "targets": per_target,
-                "target_banks": {n: bank_identity(t.texts) for n, t in loaded.items()},
-            }
-            rec = _record(protocol, source, result, shots, seed, metrics, inputs)
-            write_json_atomic(rec, folder(cfg) / RESULT_NAME)
-            records.append(rec)
+        records += [
+            transfer_run(
+                source, loaded, c, folder(c), protocol=protocol, shots=shots, seed=seed,
+                progress=progress,
+            )
+            for c in todo
+        ]  # fmt: skip
     return records

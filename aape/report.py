@@ -273,7 +273,10 @@ def write_report(runs_root: str | Path, out_dir: str | Path | None = None) -> di
     complete run under `runs_root`."""
     out = Path(out_dir) if out_dir is not None else Path(runs_root) / "report"
     records = load_records(runs_root)
-    rows = aggregate(records)
+    return _write(aggregate(records), records, out)
+
+
+def _write(rows: list[dict[str, Any]], records: list[dict[str, Any]], out: Path) -> dict[str, Path]:
     plots = plot_accuracy_vs_shots(rows, out) + plot_per_class(records, out)
     paths = {"markdown": out / "report.md", "csv": out / "results.csv"}
     out.mkdir(parents=True, exist_ok=True)
@@ -282,3 +285,33 @@ def write_report(runs_root: str | Path, out_dir: str | Path | None = None) -> di
         write_text_atomic(text, paths[key])
     write_clip_benchmark(records, out / EXPORT_DIR)
     return {**paths, "clip_benchmark": out / EXPORT_DIR, **{p.stem: p for p in plots}}
+
+
+def few_shot_averages(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """An "Average" row per (method, shots) of the few-shot rows: each metric's mean over the
+    datasets (base-to-new has its own, in `aggregate`: H of the mean base and mean new)."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        if r["protocol"] == "few-shot" and r["task"] != "Average":
+            groups[(r["method"], r["shots"])].append(r)
+    out = []
+    for (method, shots), per_task in sorted(groups.items()):
+        row: dict[str, Any] = {
+            "protocol": "few-shot",
+            "task": "Average",
+            "method": method,
+            "shots": shots,
+            "seeds": min(r["seeds"] for r in per_task),
+        }
+        for m in PROTOCOL_METRICS["few-shot"]:
+            row[f"{m}_mean"] = _mean_std([r[f"{m}_mean"] for r in per_task])[0]
+            row[f"{m}_std"] = float("nan")  # a spread over seeds; none across datasets
+        out.append(row)
+    return out
+
+
+def write_combined_report(records: list[dict[str, Any]], out_dir: str | Path) -> dict[str, Path]:
+    """One report over the runs of many datasets (a grid): the per-dataset rows of each
+    protocol and method, and the paper's "Average" rows across the datasets."""
+    rows = aggregate(records)
+    return _write(rows + few_shot_averages(rows), records, Path(out_dir))

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from prompt_banks.clip import CLIPRef, LoadedCLIP, load_clip
+from aape import grid
+from prompt_banks.clip import CLIPRef, LoadedCLIP
 from prompt_banks.spec import CLIPSettings
 
 T = TypeVar("T")
-
-_clips: dict[CLIPRef, LoadedCLIP] = {}
-_clips_lock = threading.Lock()
 
 
 def clip_ref(settings: CLIPSettings) -> CLIPRef:
@@ -23,11 +20,7 @@ def clip_ref(settings: CLIPSettings) -> CLIPRef:
 def shared_clip(settings: CLIPSettings) -> LoadedCLIP:
     """The CLIP of `settings`, loaded once per process (a Ray worker or thread pool runs many
     shards; loading ViT-B/16 for each would cost more than the shard)."""
-    ref = clip_ref(settings)
-    with _clips_lock:
-        if ref not in _clips:
-            _clips[ref] = load_clip(ref)
-        return _clips[ref]
+    return grid.shared_clip(clip_ref(settings))
 
 
 def shards(items: Sequence[T], size: int) -> list[list[T]]:

@@ -9,7 +9,7 @@ what to train.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,7 +18,8 @@ from prompt_banks.generate_report import DEFAULT_MAX_FAILED_SHARE
 from prompt_banks.spec import CLIPSettings, DomainSpec, bundled_spec_path, load_spec
 
 # The baselines every evaluation reports beside AAPE (aape.config.Method).
-DEFAULT_BASELINES: tuple[str, ...] = ("zeroshot", "cupl", "linear_probe")
+Baseline = Literal["zeroshot", "cupl", "linear_probe"]
+DEFAULT_BASELINES: tuple[Baseline, ...] = ("zeroshot", "cupl", "linear_probe")
 
 
 class _Params(BaseModel):
@@ -109,9 +110,46 @@ class EvaluateParams(_Params):
     n_views: int = Field(16, ge=0)
     max_eval_images: int | None = Field(None, ge=1)
     config: TrainConfig = TrainConfig()  # AAPE; always reported beside its lambda = 0 twin
-    baselines: tuple[str, ...] = DEFAULT_BASELINES
+    baselines: tuple[Baseline, ...] = DEFAULT_BASELINES
     force: bool = False  # re-run complete runs
     progress: bool = True
+    # What each run asks of a Ray cluster (prefect_ray remote_options); ignored on threads.
+    cpus_per_run: float = Field(1.0, gt=0)
+    gpus_per_run: float = Field(0.0, ge=0)
+
+
+class GridDataset(BaseModel):
+    """One dataset of a grid and the bank domain of its classes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dataset: str
+    domain: str
+    data_root: str | None = None  # None: the grid's data_root
+
+
+class GridParams(_Params):
+    """A training grid over many datasets (the fields of a grid file): every (dataset, shots,
+    seed, method) is one run, and one combined report has the per-dataset and Average rows."""
+
+    datasets: tuple[GridDataset, ...] = Field(min_length=1)
+    protocol: Literal["few-shot", "base-to-new"] = "few-shot"
+    data_root: str | None = None
+    clip: CLIPSettings = CLIPSettings()
+    shots: tuple[int, ...] = Field((16,), min_length=1)
+    seeds: tuple[int, ...] = Field((1,), min_length=1)
+    n_views: int = Field(16, ge=0)
+    max_eval_images: int | None = Field(None, ge=1)
+    max_missing: int = Field(0, ge=0)  # missing or unreadable images tolerated per dataset
+    shots_policy: Literal["error", "all-available"] = "error"  # classes with fewer than K
+    config: TrainConfig = TrainConfig()  # AAPE (+ its lambda = 0 twin unless lambda0 is False)
+    lambda0: bool = True
+    baselines: tuple[Baseline, ...] = DEFAULT_BASELINES
+    force: bool = False
+    progress: bool = True
+    cpus_per_run: float = Field(1.0, gt=0)
+    gpus_per_run: float = Field(0.0, ge=0)
+    report_dir: str | None = None  # default: <home>/runs/grid-report
 
 
 class BuildDomainParams(_Params):

@@ -106,6 +106,12 @@ CASES: dict[str, list[Case]] = {
     ],
     "eval": [lambda c: ["eval", "--dataset", "no-such-dataset", "--shots", "1", "--seeds", "1"]],
     "report": [lambda c: ["report", "--runs", str(c["missing"])]],
+    "grid": [
+        lambda c: ["grid", "--grid-file", str(c["missing"])],
+        lambda c: ["grid", "--grid-file", str(c["a_file"])],
+        lambda c: ["grid", "--grid-file", str(c["not_json"])],
+        lambda c: ["grid", "--datasets", "no-such-dataset", "--bank-domains", "d"],
+    ],
     "export": [lambda c: ["export", "--run", str(c["missing"])]],
     "predict": [
         lambda c: ["predict", "--artifact", str(c["missing"]), "--classes", "a,b", "x.png"],

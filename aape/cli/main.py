@@ -13,6 +13,7 @@ from aape.cli import (
     bank_store,
     doctor,
     features,
+    grid,
     pipeline,
     simulate,
     train,
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.register(sub)
     simulate.register(sub)
     pipeline.register(sub)
+    grid.register(sub)
     vl.register(sub)
     doctor.register(sub)
     return parser

@@ -14,7 +14,7 @@ from aape.cli.features import add_image_checks
 from aape.config import TrainConfig, load_config
 from aape.fewshot import SHOTS_POLICIES
 from prompt_banks.errors import UserError
-from prompt_banks.paths import artifacts_dir, banks_dir, runs_dir
+from prompt_banks.paths import artifacts_dir, runs_dir
 
 if TYPE_CHECKING:
     from aape.data import Task
@@ -55,44 +55,27 @@ def _task_factory(args: argparse.Namespace) -> tuple[str, Callable[[int, int], T
     """(task name, make_task(shots, seed)); the loaders are imported only when used."""
     if bool(args.dataset) == bool(args.features_dir):
         raise UserError("task: pass exactly one of --dataset NAME or --features-dir DIR")
-    if args.features_dir:
-        from aape.byof import load_task as load_byof
-
-        store = banks_dir(args.home) if args.bank_domain else None
-
-        def make_byof(shots: int, seed: int) -> Task:
-            return load_byof(
-                args.features_dir,
-                bank_store=store,
-                bank_domain=args.bank_domain,
-                shots=shots,
-                seed=seed,
-                bank_snapshot=args.bank_snapshot,
-                shots_policy=args.shots_policy,
-            )
-
-        return Path(args.features_dir).name, make_byof
-
-    from aape.tasks import load_task
+    from aape.grid import TaskSource, byof_source
     from prompt_banks.clip import CLIPRef
 
-    ref = CLIPRef(args.clip_model, args.pretrained)
-
-    def make(shots: int, seed: int) -> Task:
-        return load_task(
+    common = dict(
+        home=args.home,
+        bank_domain=args.bank_domain,
+        bank_snapshot=args.bank_snapshot,
+        shots_policy=args.shots_policy,
+    )
+    if args.features_dir:
+        source = byof_source(args.features_dir, **common)
+    else:
+        source = TaskSource(
+            name=args.dataset,
             dataset=args.dataset,
-            home=args.home,
-            clip=ref,
-            bank_domain=args.bank_domain,
-            shots=shots,
-            seed=seed,
             data_root=args.data_root,
-            bank_snapshot=args.bank_snapshot,
+            clip=CLIPRef(args.clip_model, args.pretrained),
             max_missing=args.max_missing,
-            shots_policy=args.shots_policy,
+            **common,
         )
-
-    return args.dataset, make
+    return source.name, source.load
 
 
 def _config(args: argparse.Namespace) -> TrainConfig:

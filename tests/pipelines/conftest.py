@@ -11,6 +11,11 @@ names. Small enough that a whole build_domain runs in seconds on aape-tiny.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 from fake_images import image_folder
+from ports import free_port
 
 CLASSES = ["gauzy", "meshed", "cracked"]
 TEXTS_PER_CLASS = 8
@@ -64,3 +70,41 @@ def tiny_domain(tmp_path_factory: pytest.TempPathFactory, shared_banks: Path) ->
     (root / "spec.yaml").write_text(yaml.safe_dump(spec))
     images = image_folder(root / "images", CLASSES, {"train": 4, "val": 1, "test": 2})
     return TinyDomain("tiny-textures", root / "spec.yaml", root / "textures.json", images)
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def ray_cluster() -> Iterator[str]:
+    """A two-CPU Ray cluster on loopback, started and stopped by infra/ray's scripts; its
+    workers import this checkout. Yields its address."""
+    port = free_port()
+    # Ray's unix sockets live under its temp dir: keep the path short.
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    env = {
+        **os.environ,
+        "RAY": str(Path(sys.executable).parent / "ray"),
+        "PYTHONPATH": str(REPO),
+        "PORT": str(port),
+        "CLIENT_PORT": str(free_port()),
+        "NUM_CPUS": "2",
+        "RAY_TMPDIR": ray_tmp,
+    }
+    started = subprocess.run(
+        ["bash", "infra/ray/start-head.sh"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    try:
+        assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
+        yield f"127.0.0.1:{port}"
+    finally:
+        import ray
+
+        ray.shutdown()  # this process's driver connection
+        subprocess.run(["bash", "infra/ray/stop.sh"], cwd=REPO, env=env, timeout=60, check=False)
+        shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -6,11 +6,8 @@ Each test starts what it needs in its own process group and stops exactly those 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,17 +17,12 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO / ".venv" / "bin"
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(
@@ -166,7 +158,9 @@ def _embeddings(home: Path) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.usefixtures("prefect_api")
-def test_embed_bank_on_a_local_ray_cluster_equals_one_process(tiny_domain, tmp_path: Path) -> None:
+def test_embed_bank_on_a_local_ray_cluster_equals_one_process(
+    tiny_domain, tmp_path: Path, ray_cluster: str
+) -> None:
     from pipelines.embed import embed_bank
     from pipelines.params import EmbedParams
     from pipelines.runner import make_task_runner
@@ -185,37 +179,9 @@ def test_embed_bank_on_a_local_ray_cluster_equals_one_process(tiny_domain, tmp_p
         load_clip(CLIPRef("aape-tiny")),
         progress=False,
     )
-
-    port = free_port()
-    # Ray's unix sockets live under its temp dir: keep the path short.
-    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    env = {
-        **os.environ,
-        "PORT": str(port),
-        "CLIENT_PORT": str(free_port()),
-        "NUM_CPUS": "2",
-        "RAY_TMPDIR": ray_tmp,
-    }
-    started = subprocess.run(
-        ["bash", "infra/ray/start-head.sh"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
+    report = embed_bank.with_options(task_runner=make_task_runner(ray_cluster))(
+        EmbedParams(domain=tiny_domain.domain, home=str(sharded), shard_size=7)
     )
-    try:
-        assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
-        runner = make_task_runner(f"127.0.0.1:{port}")
-        report = embed_bank.with_options(task_runner=runner)(
-            EmbedParams(domain=tiny_domain.domain, home=str(sharded), shard_size=7)
-        )
-    finally:
-        import ray
-
-        ray.shutdown()  # this process's driver connection
-        subprocess.run(["bash", "infra/ray/stop.sh"], cwd=REPO, env=env, timeout=60, check=False)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert report["shards"] == 4 and report["written"] == 27  # 27 texts in shards of 7
     a, b = _embeddings(single), _embeddings(sharded)
     assert a.keys() == b.keys() and len(a) == 27
