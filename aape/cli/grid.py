@@ -100,11 +100,11 @@ def grid_params(args: argparse.Namespace) -> Any:
 
 def handle_grid(args: argparse.Namespace) -> int:
     params = grid_params(args)
-    from aape.cli.pipeline import _quiet_http
+    from aape.cli.pipeline import quiet_prefect
     from pipelines.evaluate import evaluate_grid
     from pipelines.runner import make_task_runner, shared_api
 
-    _quiet_http(args)
+    quiet_prefect(args)
     runner = make_task_runner(
         args.ray_address, threads=args.workers, processes=args.pool == "processes"
     )

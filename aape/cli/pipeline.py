@@ -106,7 +106,7 @@ class _NoUserErrorTraceback(logging.Filter):
         return True
 
 
-def _quiet_http(args: argparse.Namespace) -> None:
+def quiet_prefect(args: argparse.Namespace) -> None:
     """Prefect's client logs every API request at INFO; flow and task progress is what matters.
     Offline machines cannot send Prefect's telemetry: off unless the user turned it on."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -120,7 +120,7 @@ def _quiet_http(args: argparse.Namespace) -> None:
 
 def _build_domain(args: argparse.Namespace) -> int:
     params = _build_params(args)
-    _quiet_http(args)
+    quiet_prefect(args)
     from pipelines.build_domain import build_domain
 
     result = build_domain(params, ray_address=args.ray_address)
@@ -130,7 +130,7 @@ def _build_domain(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     params = _build_params(args)
-    _quiet_http(args)
+    quiet_prefect(args)
     from pipelines.serve import serve_domain
 
     serve_domain(
@@ -156,7 +156,7 @@ def _demo(args: argparse.Namespace) -> int:
         # Its first start creates and migrates that database: more than Prefect's default 20 s
         # on a busy 2-core machine.
         os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    _quiet_http(args)
+    quiet_prefect(args)
     from pipelines.demo import run_demo
 
     return run_demo(home=args.home, fast=args.fast)
