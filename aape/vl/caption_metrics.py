@@ -5,7 +5,8 @@
 - Tokenizer: pycocoevalcap's PTB tokenizer (Stanford CoreNLP 3.4.1, lower case, punctuation
   removed) when Java runs; else `python`, a regular-expression approximation of it (lower
   case, words split off punctuation and the clitics 's n't 're 've 'm 'll 'd, the PTB script's
-  punctuation tokens removed). Which one ran is part of every result.
+  punctuation tokens removed, brackets spelled -lrb- -rrb- as PTB's). Which one ran is part
+  of every result.
 - CLIPScore (Hessel et al. 2021): w * max(cos(E_image, E_caption), 0) with w = 2.5;
   RefCLIPScore: the harmonic mean of CLIPScore and max(max_r cos(E_caption, E_r), 0). Captions
   and references are embedded as "A photo depicts <text>", the paper's prompt.
@@ -62,10 +63,16 @@ def java_available() -> bool:
         return False
 
 
+# PTB spells brackets -LRB- ...; lower-cased, they escape the wrapper's punctuation list (a real
+# quirk of pycocoevalcap: "(red)" scores as "-lrb- red -rrb-"), so the fallback keeps them too.
+_BRACKETS = {"(": "-lrb-", ")": "-rrb-", "{": "-lcb-", "}": "-rcb-", "[": "-lsb-", "]": "-rsb-"}
+
+
 def python_tokenize(text: str) -> str:
     """The documented fallback of the PTB tokenizer: lower-cased tokens joined by spaces."""
     text = _CLITIC.sub(r"\1 \2", text.replace("\n", " ").lower())
-    return " ".join(t for t in _WORD.findall(text) if t not in PTB_PUNCTUATION)
+    words = (_BRACKETS.get(t, t) for t in _WORD.findall(text))
+    return " ".join(t for t in words if t not in PTB_PUNCTUATION)
 
 
 def resolve_tokenizer(name: TokenizerName = "auto") -> Literal["ptb", "python"]:

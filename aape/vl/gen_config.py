@@ -32,6 +32,7 @@ class GenConfig(TrainConfig):
     warmup_steps: int = Field(10, ge=0)
     max_caption_tokens: int = Field(32, ge=1)  # training captions are cut to this many tokens
     log_every: int = Field(10, ge=1)
+    cpu_threads: int = Field(1, ge=0)  # intra-op threads on CPU; 0 = torch's default
 
     def tag(self) -> str:
         if self.method == "limber":

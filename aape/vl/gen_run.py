@@ -24,7 +24,7 @@ from aape.vl.bank import caption_store
 from aape.vl.gen_config import GenConfig
 from aape.vl.gen_eval import DecodeOptions, evaluate_captions, evaluate_vqa
 from aape.vl.gen_train import CaptionTrainData, GenResult, train_prefix
-from aape.vl.lm import FrozenLM, load_lm
+from aape.vl.lm import FrozenLM, cpu_threads, load_lm
 from aape.vl.prefix import PrefixModel
 from aape.vl.tasks import CaptionSplit, load_caption_split
 from aape.vl.vqa_data import VQASet
@@ -149,6 +149,21 @@ def evaluate_run(
     cfg = GenConfig(**saved["config"])
     out: dict[str, Any] = {"run": str(folder), "method": cfg.tag(), "config": saved["config"]}
     out["train"] = {"dataset": saved["train_dataset"], **saved["summary"]}
+    with cpu_threads(cfg.cpu_threads, lm.device):
+        out |= _evaluations(lm, model, cfg, clip, home, dataset, split, vqa, support, shots, opts,
+                            tokenizer, max_images, progress)  # fmt: skip
+    name = "-".join(p for p in (dataset, vqa.name if vqa else None) if p)
+    (folder / f"eval-{name}.json").write_text(json.dumps(out, indent=2))
+    return out
+
+
+def _evaluations(
+    lm: FrozenLM, model: PrefixModel, cfg: GenConfig, clip: LoadedCLIP, home: Home,
+    dataset: str | None, split: str, vqa: VQASet | None, support: VQASet | None,
+    shots: Sequence[int], opts: DecodeOptions, tokenizer: str, max_images: int | None,
+    progress: bool,
+) -> dict[str, Any]:  # fmt: skip
+    out: dict[str, Any] = {}
     if dataset is not None:
         test = load_caption_split(
             caption_store(home), home, dataset, clip.model_id, split, max_view=0
@@ -173,6 +188,4 @@ def evaluate_run(
                 for k in shots
             },
         }
-    name = "-".join(p for p in (dataset, vqa.name if vqa else None) if p)
-    (folder / f"eval-{name}.json").write_text(json.dumps(out, indent=2))
     return out

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from aape.losses import distill_loss, reward_loss
 from aape.updates import flush_denormals, optimizer_step
 from aape.vl.gen_config import GenConfig
-from aape.vl.lm import FrozenLM
+from aape.vl.lm import FrozenLM, cpu_threads
 from aape.vl.prefix import ImageSeg, PrefixModel, TextSeg, build_inputs, next_token_loss
 from prompt_banks.errors import UserError
 
@@ -109,7 +109,7 @@ def train_prefix(
     n, size = len(x_all), min(cfg.batch_size, len(x_all))
     bar = tqdm(range(cfg.steps), desc=f"train {cfg.tag()}", disable=not progress)
     start = time.perf_counter()
-    with flush_denormals():
+    with flush_denormals(), cpu_threads(cfg.cpu_threads, device):
         for step in bar:
             for group in opt.param_groups:
                 group["lr"] = step_lr(cfg, step)
@@ -133,10 +133,10 @@ def train_prefix(
                 reward = reward_loss(x, p_a, cfg.reward_scale)
             loss = task + cfg.lambda_distill * distill + reward
             optimizer_step(opt, loss)
-            row = {"step": step + 1, "task": float(task), "distill": float(distill)}
-            history.append({**row, "reward": float(reward), "loss": float(loss)})
+            row = {"step": step + 1, "task": task.item(), "distill": distill.item()}
+            history.append({**row, "reward": reward.item(), "loss": loss.item()})
             if step % cfg.log_every == 0:
-                bar.set_postfix(task=f"{float(task):.3f}", distill=f"{float(distill):.3f}")
+                bar.set_postfix(task=f"{row['task']:.3f}", distill=f"{row['distill']:.3f}")
     seconds = time.perf_counter() - start
     bar.close()
     model.eval()
