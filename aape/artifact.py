@@ -45,13 +45,8 @@ def export_artifact(
     to be predicted later; made ahead of time from their banks)."""
     if result.model is None:
         raise UserError(f"aape export: method {result.config.method} has no AAPE weights to export")
-    if clip_ref is not None and clip_ref.model_id != result.model_id:
-        raise UserError(
-            f"--clip-model: {clip_ref.model_id} is not the CLIP the run used ({result.model_id})"
-        )
-    tensors = {
-        k: v.detach().float().cpu().contiguous() for k, v in result.model.inference_state().items()
-    }
+    meta = base_meta(FORMAT, result.model_id, clip_ref, result.dim, result.config.model_dump())
+    tensors = cpu_tensors(result.model.inference_state())
     bank_classes: list[str] = []
     if needs_bank_means(result.config.class_embed):
         rows = [] if result.bank_means is None else list(result.bank_means)
@@ -61,21 +56,38 @@ def export_artifact(
             raise UserError("aape export: class_embed needs bank means but the run has none")
         bank_classes = list(means)
         tensors[BANK_MEANS_KEY] = torch.stack([means[c].float().cpu() for c in bank_classes])
-    meta = {
-        "format": FORMAT,
-        "clip_model_id": result.model_id,
+    meta.update(
+        training_classes=result.class_names,
+        bank_mean_classes=bank_classes,
+        metrics=metrics or {},
+        health=result.health,
+    )
+    return write_artifact_dir(out_dir, tensors, meta)
+
+
+def cpu_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights as an artifact stores them: float32, CPU, contiguous."""
+    return {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
+
+
+def base_meta(
+    fmt: str, model_id: str, clip_ref: CLIPRef | None, dim: int, config: dict[str, Any]
+) -> dict[str, Any]:
+    """The config.json keys every artifact has; refuses a `clip_ref` other than the run's CLIP."""
+    if clip_ref is not None and clip_ref.model_id != model_id:
+        raise UserError(
+            f"--clip-model: {clip_ref.model_id} is not the CLIP the run used ({model_id})"
+        )
+    return {
+        "format": fmt,
+        "clip_model_id": model_id,
         "clip": None
         if clip_ref is None
         else {"model": clip_ref.model, "pretrained": clip_ref.pretrained},
-        "dim": result.dim,
-        "config": result.config.model_dump(),
-        "training_classes": result.class_names,
-        "bank_mean_classes": bank_classes,
-        "metrics": metrics or {},
-        "health": result.health,
+        "dim": dim,
+        "config": config,
         "created_at": datetime.now(UTC).isoformat(),
     }
-    return write_artifact_dir(out_dir, tensors, meta)
 
 
 def write_artifact_dir(

@@ -87,15 +87,7 @@ class AAPEClassifier:
     @property
     def clip(self) -> LoadedCLIP:
         if self._clip is None:
-            ref = self.meta.get("clip")
-            if not ref:
-                raise UserError(
-                    "artifact: it does not say how to load its CLIP "
-                    f"({self.meta['clip_model_id']}); pass clip=load_clip(...)"
-                )
-            clip = load_clip(CLIPRef(ref["model"], ref.get("pretrained")))
-            check_clip(clip, self.meta)
-            self._clip = clip
+            self._clip = artifact_clip(self.meta)
         return self._clip
 
     def _bank_mean(self, names: list[str]) -> torch.Tensor:
@@ -199,6 +191,19 @@ def open_image(image: Image.Image | str | Path) -> Image.Image:
             return im.convert("RGB")
     except (OSError, ValueError) as exc:
         raise UserError(f"image {image}: cannot be read ({exc}); pass a PNG/JPEG file") from exc
+
+
+def artifact_clip(meta: dict[str, Any]) -> LoadedCLIP:
+    """The CLIP an artifact's config.json names (checked against its model id and d)."""
+    ref = meta.get("clip")
+    if not ref:
+        raise UserError(
+            "artifact: it does not say how to load its CLIP "
+            f"({meta['clip_model_id']}); pass clip=load_clip(...)"
+        )
+    clip = load_clip(CLIPRef(ref["model"], ref.get("pretrained")))
+    check_clip(clip, meta)
+    return clip
 
 
 def check_clip(clip: LoadedCLIP, meta: dict[str, Any]) -> None:

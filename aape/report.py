@@ -171,7 +171,7 @@ def plot_accuracy_vs_shots(rows: list[dict[str, Any]], out_dir: Path) -> list[Pa
         ax.set_xticks(shots, labels=[str(k) for k in shots])
         ax.minorticks_off()
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        paths.append(_save(fig, out_dir / f"accuracy_vs_shots_{task}.png"))
+        paths.append(save_figure(fig, out_dir / f"accuracy_vs_shots_{task}.png"))
         plt.close(fig)
     return paths
 
@@ -208,12 +208,12 @@ def plot_per_class(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
         )
         ax.set(ylabel="recall (%)", title=f"{task}, {k} shots: per-class accuracy")
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        paths.append(_save(fig, out_dir / f"per_class_{task}_k{k}.png"))
+        paths.append(save_figure(fig, out_dir / f"per_class_{task}_k{k}.png"))
         plt.close(fig)
     return paths
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     with atomic_path(path) as tmp:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,65 @@ def epoch_lr(cfg: TrainConfig, epoch: int) -> float:
         return cfg.warmup_lr
     span = max((cfg.epochs or 1) - cfg.warmup_epochs, 1)
     return 0.5 * base * (1 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / span))
+
+
+def run_epochs(
+    updates: Updates,
+    cfg: TrainConfig,
+    x_all: torch.Tensor,
+    y_all: torch.Tensor,
+    sampler: ViewSampler,
+    gen: torch.Generator,
+    *,
+    start_epoch: int,
+    stop: int,
+    history: list[dict[str, float]],
+    seconds: float,
+    save: Callable[[int, float], None],
+    health: Callable[[], dict[str, float]],
+    desc: str,
+    progress: bool,
+) -> tuple[float, int, dict[str, float]]:
+    """Epochs `start_epoch`..`stop` - 1 of a run: the lr schedule, one random view per image,
+    the batches' updates; one row per epoch appended to `history`, `save(epoch, seconds)`
+    every `checkpoint_every` epochs and at the end, then `health()`. Returns the run's seconds,
+    the epochs done and the health metrics.
+
+    The student updates run on a second thread on CPU when torch may use two cores (see
+    `updates`); not on GPUs, whose kernels are asynchronous already."""
+    pipelined = x_all.is_cpu and not updates.coupled and torch.get_num_threads() > 1
+    bar = tqdm(
+        range(start_epoch, stop),
+        desc=desc,
+        disable=not progress,
+        initial=start_epoch,
+        total=cfg.epochs or 1,
+    )
+    with flush_denormals(), training_threads(pipelined) as pool:
+        for epoch in bar:
+            t0 = time.perf_counter()
+            updates.set_lr(epoch_lr(cfg, epoch))
+            rows = sampler.epoch(gen).to(x_all.device)
+            # One gather per epoch; each batch is then a contiguous slice (no per-step indexing).
+            x_epoch, y_epoch = x_all.index_select(0, rows), y_all.index_select(0, rows)
+            batches = [
+                (x_epoch[i : i + cfg.batch_size], y_epoch[i : i + cfg.batch_size])
+                for i in range(0, len(rows), cfg.batch_size)
+            ]
+            losses = updates.epoch(batches, pool)
+            seconds += time.perf_counter() - t0
+            history.append({"epoch": epoch + 1, "lr": epoch_lr(cfg, epoch), **losses})
+            bar.set_postfix(loss=f"{losses['loss']:.3f}", distill=f"{losses['distill']:.3f}")
+            done = epoch + 1
+            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < stop:
+                save(done, seconds)
+        bar.close()
+        epochs_done = max(stop, start_epoch)
+        save(epochs_done, seconds)
+        # Inside the flush and the thread split: OpenMP workers started before the flush keep
+        # subnormals, and the softmax tails over every class are full of them (on 2 cores:
+        # 3 s with the process's 2 threads, 0.2-0.5 s with the training's 1).
+        return seconds, epochs_done, health()
 
 
 def heldout_features(task: Task) -> FeatureSet:
@@ -229,7 +289,7 @@ def train(
     epochs = cfg.epochs or 1
     stop = epochs if until_epoch is None else min(until_epoch, epochs)
 
-    def save(epoch: int) -> None:
+    def save(epoch: int, seconds: float) -> None:
         if ckpt_path is None:
             return
         save_atomic(
@@ -252,43 +312,12 @@ def train(
         )
 
     model.train()
-    bar = tqdm(
-        range(start_epoch, stop),
-        desc=f"train {task.name}",
-        disable=not progress,
-        initial=start_epoch,
-        total=epochs,
-    )
-    # The student updates run on a second thread on CPU when torch may use two cores (see
-    # `updates`); not on GPUs, whose kernels are asynchronous already.
-    pipelined = device.type == "cpu" and not updates.coupled and torch.get_num_threads() > 1
-    with flush_denormals(), training_threads(pipelined) as pool:
-        for epoch in bar:
-            t0 = time.perf_counter()
-            updates.set_lr(epoch_lr(cfg, epoch))
-            rows = sampler.epoch(gen).to(device)
-            # One gather per epoch; each batch is then a contiguous slice (no per-step indexing).
-            x_epoch, y_epoch = x_all.index_select(0, rows), y_all.index_select(0, rows)
-            batches = [
-                (x_epoch[i : i + cfg.batch_size], y_epoch[i : i + cfg.batch_size])
-                for i in range(0, len(rows), cfg.batch_size)
-            ]
-            losses = updates.epoch(batches, pool)
-            seconds += time.perf_counter() - t0
-            history.append({"epoch": epoch + 1, "lr": epoch_lr(cfg, epoch), **losses})
-            total, distill = losses["loss"], losses["distill"]
-            bar.set_postfix(loss=f"{total:.3f}", distill=f"{distill:.3f}")
-            done = epoch + 1
-            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < stop:
-                save(done)
-        bar.close()
-        epochs_done = max(stop, start_epoch)
-        save(epochs_done)
-        model.eval()
-        # Inside the flush and the thread split: OpenMP workers started before the flush keep
-        # subnormals, and the softmax tails over every class are full of them (on 2 cores:
-        # 3 s with the process's 2 threads, 0.2-0.5 s with the training's 1).
-        health = health_metrics(model, task, cfg, device)
+    seconds, epochs_done, health = run_epochs(
+        updates, cfg, x_all, y_all, sampler, gen,
+        start_epoch=start_epoch, stop=stop, history=history, seconds=seconds, save=save,
+        health=lambda: health_metrics(model.eval(), task, cfg, device),
+        desc=f"train {task.name}", progress=progress,
+    )  # fmt: skip
     if health:
         log.info(
             "%s: teacher_acc=%.3f student_acc=%.3f (cupl %.3f, zero-shot %.3f)",

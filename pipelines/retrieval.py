@@ -32,6 +32,7 @@ class CaptionSource(BaseModel):
     images: str | None = None
     name: str | None = None
     split: str | None = None
+    restval: str = "train"  # Karpathy COCO: train | drop
 
 
 class RetrievalParams(BaseModel):
@@ -58,6 +59,7 @@ def import_source(source: CaptionSource, home: str | None) -> dict[str, Any]:
         images=source.images,
         name=source.name,
         split=source.split,
+        restval=source.restval,
     ).to_dict()
 
 

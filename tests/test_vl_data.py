@@ -9,6 +9,7 @@ import pytest
 import torch
 from vl_fixtures import caption_csv, caption_jsonl, coco_captions, karpathy_coco, karpathy_flickr
 
+from aape.datasets.offline import ANIMAL_CLASSES
 from aape.vl.bank import caption_bank, caption_store, embed_captions
 from aape.vl.data import clean_caption, read_captions
 from aape.vl.synthetic import SUFFIX, synthetic_captions
@@ -196,20 +197,15 @@ def test_synthetic_captions_from_an_offline_dataset(tmp_path: Path) -> None:
     ds = synthetic_captions("animal-mnist", tmp_path / "png", max_per_split=20)
     assert ds.name == "animal-mnist" + SUFFIX and "SYNTHETIC" in ds.description
     assert len(ds.split("train")) == 20 and all(Path(im.path).is_file() for im in ds.images)
-    animals = {
-        "bear",
-        "bird",
-        "cat",
-        "cow",
-        "dog",
-        "elephant",
-        "giraffe",
-        "horse",
-        "sheep",
-        "zebra",
-    }
+    animals = set(ANIMAL_CLASSES)
     for im in ds.images:
         named = {w.strip(".,") for c in im.captions for w in c.split()} & animals
         assert len(named) == 1 and len(im.captions) == 5  # every caption names the label
     again = synthetic_captions("animal-mnist", tmp_path / "png", max_per_split=20)
     assert again.images[0] == ds.images[0]  # seeded
+
+
+def test_restval_can_be_left_out(tmp_path: Path) -> None:
+    path = karpathy_coco(tmp_path, {"train": 2, "restval": 3, "test": 1})
+    ds = read_captions("karpathy", path, images=str(tmp_path), restval="drop")
+    assert [im.source_split for im in ds.images] == ["train", "train", "test"]

@@ -54,3 +54,16 @@ def int_list(text: str) -> tuple[int, ...]:
     if not values:
         raise argparse.ArgumentTypeError("give at least one integer")
     return values
+
+
+def add_config_args(parser: argparse.ArgumentParser, what: str = "TrainConfig") -> None:
+    """--config FILE and repeatable --set KEY=VALUE, the overrides of a training config."""
+    group = parser.add_argument_group("training config")
+    group.add_argument("--config", help=f"YAML/JSON file of {what} fields")
+    group.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one field, e.g. --set lambda_distill=0 (repeatable)",
+    )

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aape.cli.common import add_clip, add_home, command, int_list
+from aape.cli.common import add_clip, add_config_args, add_home, command, int_list
 from aape.config import TrainConfig, load_config
 from prompt_banks.errors import UserError
 from prompt_banks.paths import artifacts_dir, banks_dir, runs_dir
@@ -27,15 +27,7 @@ def _add_task_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--seed", type=int, default=1, help="few-shot sampling and training seed")
     add_home(p)
     add_clip(p)
-    cfg = p.add_argument_group("training config")
-    cfg.add_argument("--config", help="YAML/JSON file of TrainConfig fields")
-    cfg.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one field, e.g. --set lambda_distill=0 (repeatable)",
-    )
+    add_config_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

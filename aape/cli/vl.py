@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from aape.cli import vl_gen
-from aape.cli.common import add_clip, add_home, command, int_list
+from aape.cli.common import add_clip, add_config_args, add_home, command, int_list
 from prompt_banks.errors import UserError
 
 
@@ -25,7 +25,13 @@ def handle_import(args: argparse.Namespace) -> int:
     from aape.vl.run import import_captions
 
     report = import_captions(
-        args.format, args.file, home=args.home, images=args.images, name=args.name, split=args.split
+        args.format,
+        args.file,
+        home=args.home,
+        images=args.images,
+        name=args.name,
+        split=args.split,
+        restval=args.restval,
     )
     _print(report.to_dict())
     return 0
@@ -144,17 +150,6 @@ def _add_run_args(p: argparse.ArgumentParser, *, clip: bool = True) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML/JSON file of RetrievalConfig fields")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one field, e.g. --set lambda_distill=0 or --set query=residual",
-    )
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     vl = sub.add_parser("vl", help="vision-language AAPE: captions, retrieval train/eval")
     vl_sub = vl.add_subparsers(dest="vl_command", required=True, metavar="VL_COMMAND")
@@ -177,6 +172,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", help="the folder its image paths are relative to")
     p.add_argument("--name", help="dataset name (default: from the file)")
     p.add_argument("--split", help="COCO captions only: train|val|test (default: by file name)")
+    p.add_argument(
+        "--restval",
+        choices=["train", "drop"],
+        default="train",
+        help="Karpathy COCO's restval images: join train (default, as usual) or are left out",
+    )
     _add_run_args(p, clip=False)
     p.set_defaults(func=handle_import)
 
@@ -224,7 +225,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", required=True, help="an embedded caption dataset")
     p.add_argument("--out", help="run folder (default: <home>/runs/retrieval/<dataset>-<tag>)")
     p.add_argument("--force", action="store_true", help="start again instead of resuming")
-    _add_config_args(p)
+    add_config_args(p, "RetrievalConfig")
     _add_run_args(p)
     p.set_defaults(func=handle_train)
 
@@ -258,7 +259,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int_list, default=(0,), help="world seeds, e.g. 0,1")
     p.add_argument("--quick", action="store_true", help="a tiny world (d = 64), seconds")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_config_args(p)
+    add_config_args(p, "RetrievalConfig")
     p.set_defaults(func=handle_simulate)
     vl_gen.register(vl_sub)  # captioning and VQA (aape/cli/vl_gen.py)
 

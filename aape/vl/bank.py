@@ -14,6 +14,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -180,18 +181,11 @@ def caption_store(home: str | os.PathLike[str] | None) -> CaptionStore:
 
 
 def embed_captions(
-    store: CaptionStore,
-    dataset: str,
-    clip: LoadedCLIP,
-    *,
-    batch_size: int = 256,
-    progress: bool = True,
+    store: CaptionStore, dataset: str, clip: LoadedCLIP, **options: Any
 ) -> EmbedReport:
-    """Embed every caption text of `dataset` not yet embedded for this CLIP."""
-    texts = store.caption_texts(dataset)
-    return embed_missing(
-        store, texts, clip, label=dataset, batch_size=batch_size, progress=progress
-    )
+    """Embed every caption text of `dataset` not yet embedded for this CLIP (`options`: those
+    of `embed_missing`, batch_size and progress)."""
+    return embed_missing(store, store.caption_texts(dataset), clip, label=dataset, **options)
 
 
 @dataclass

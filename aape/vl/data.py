@@ -343,6 +343,7 @@ def read_captions(
     images: str | None = None,
     name: str | None = None,
     split: str | None = None,
+    restval: Literal["train", "drop"] = "train",
 ) -> CaptionDataset:
     """Any of the formats by name (the CLI's and the flow's entry point)."""
     if fmt not in FORMATS:
@@ -352,5 +353,5 @@ def read_captions(
     if images is None:
         raise UserError(f"--images: the {fmt} format needs the folder its images are in")
     if fmt == "karpathy":
-        return read_karpathy(path, images, name=name)
+        return read_karpathy(path, images, name=name, restval=restval)
     return read_coco_captions(path, images, name=name, split=split)

@@ -123,14 +123,41 @@ def markdown_table(rows: Sequence[RetrievalRow], ks: Sequence[int] = KS) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot_recall(rows: Sequence[RetrievalRow], path: Path, k: int = 1) -> Path:
+    """Grouped bars of image->text and text->image R@k per row, one panel per setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from aape.report import save_figure
+
+    settings = list(dict.fromkeys(r.setting for r in rows))
+    fig, axes = plt.subplots(1, len(settings), figsize=(4 * len(settings), 3.5), squeeze=False)
+    for ax, setting in zip(axes[0], settings, strict=True):
+        shown = [r for r in rows if r.setting == setting]
+        pos = range(len(shown))
+        for shift, key, label in ((-0.2, "text", "image->text"), (0.2, "image", "text->image")):
+            values = [100 * r.metrics[f"{key}_retrieval_recall@{k}"] for r in shown]
+            ax.bar([p + shift for p in pos], values, width=0.4, label=label)
+        ax.set_xticks(list(pos), labels=[r.method for r in shown], rotation=30, ha="right")
+        ax.set(title=f"{setting} ({shown[0].test_dataset})", ylabel=f"R@{k} (%)")
+    axes[0][0].legend(fontsize=7)
+    saved = save_figure(fig, path)
+    plt.close(fig)
+    return saved
+
+
 def write_results(rows: Sequence[RetrievalRow], out_dir: str | Path) -> dict[str, Path]:
-    """results.json (every row, with its CLIP_benchmark form), results.md, and one
-    CLIP_benchmark result file per row under clip_benchmark/ (for `clip_benchmark build`)."""
+    """results.json (every row, with its CLIP_benchmark form), results.md, a plot of R@1
+    (recall_at_1.png), and one CLIP_benchmark result file per row under clip_benchmark/ (for
+    `clip_benchmark build`)."""
     out = Path(out_dir)
     (out / "clip_benchmark").mkdir(parents=True, exist_ok=True)
     paths = {
         "json": write_json_atomic(results_json(rows), out / "results.json", indent=2),
         "markdown": write_text_atomic(markdown_table(rows), out / "results.md"),
+        "plot": plot_recall(rows, out / "recall_at_1.png"),
     }
     for i, row in enumerate(rows):
         name = f"{i:02d}-{row.setting}-{row.method}-{row.test_dataset}.json"

@@ -9,7 +9,6 @@ aggregator, no captions, no LLM. A few tens of KB at d = 512.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +16,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from aape.artifact import read_artifact, write_artifact_dir
-from aape.inference import check_clip, open_image
+from aape.artifact import base_meta, cpu_tensors, read_artifact, write_artifact_dir
+from aape.inference import artifact_clip, check_clip, open_image
 from aape.vl.config import RetrievalConfig
 from aape.vl.model import RetrievalAAPE
 from aape.vl.train import RetrievalResult
-from prompt_banks.clip import CLIPRef, LoadedCLIP, load_clip
+from prompt_banks.clip import CLIPRef, LoadedCLIP
 from prompt_banks.errors import UserError
 
 FORMAT = "aape-retrieval-artifact/1"
@@ -39,26 +38,9 @@ def export_retrieval_artifact(
     """Write the artifact of a trained retrieval AAPE to `out_dir` (replaced atomically)."""
     if result.model is None:
         raise UserError("aape vl train: method zeroshot has no AAPE weights to export")
-    if clip_ref is not None and clip_ref.model_id != result.model_id:
-        raise UserError(
-            f"--clip-model: {clip_ref.model_id} is not the CLIP the run used ({result.model_id})"
-        )
-    tensors = {
-        k: v.detach().float().cpu().contiguous() for k, v in result.model.inference_state().items()
-    }
-    meta = {
-        "format": FORMAT,
-        "clip_model_id": result.model_id,
-        "clip": None
-        if clip_ref is None
-        else {"model": clip_ref.model, "pretrained": clip_ref.pretrained},
-        "dim": result.dim,
-        "config": result.config.model_dump(),
-        "train_dataset": result.dataset,
-        "health": result.health,
-        "metrics": metrics or {},
-        "created_at": datetime.now(UTC).isoformat(),
-    }
+    meta = base_meta(FORMAT, result.model_id, clip_ref, result.dim, result.config.model_dump())
+    meta.update(train_dataset=result.dataset, health=result.health, metrics=metrics or {})
+    tensors = cpu_tensors(result.model.inference_state())
     return write_artifact_dir(out_dir, tensors, meta)
 
 
@@ -109,15 +91,7 @@ class Retriever:
     @property
     def clip(self) -> LoadedCLIP:
         if self._clip is None:
-            ref = self.meta.get("clip")
-            if not ref:
-                raise UserError(
-                    "artifact: it does not say how to load its CLIP "
-                    f"({self.meta['clip_model_id']}); pass clip=load_clip(...)"
-                )
-            clip = load_clip(CLIPRef(ref["model"], ref.get("pretrained")))
-            check_clip(clip, self.meta)
-            self._clip = clip
+            self._clip = artifact_clip(self.meta)
         return self._clip
 
     def image_queries(self, images: list[Image.Image | str | Path]) -> torch.Tensor:

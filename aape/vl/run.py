@@ -36,8 +36,9 @@ def import_captions(
     images: str | None = None,
     name: str | None = None,
     split: str | None = None,
+    restval: str = "train",
 ) -> ImportReport:
-    ds = read_captions(fmt, file, images=images, name=name, split=split)
+    ds = read_captions(fmt, file, images=images, name=name, split=split, restval=restval)  # type: ignore[arg-type]
     return caption_store(home).import_captions(ds)
 
 

@@ -11,18 +11,16 @@ out for the health metrics. Deterministic for a seed on CPU; resumes from its ch
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from aape.losses import distill_loss, reward_loss
 from aape.model import masked_mean
-from aape.train import ViewSampler, epoch_lr, save_atomic
-from aape.updates import Updates, flush_denormals, optimizer_step, training_threads
+from aape.train import ViewSampler, run_epochs, save_atomic
+from aape.updates import Updates, optimizer_step
 from aape.vl.config import RetrievalConfig
 from aape.vl.losses import contrastive_loss
 from aape.vl.model import RetrievalAAPE
@@ -208,7 +206,7 @@ def train_retrieval(
             g.set_state(state[key].cpu())  # type: ignore[union-attr]
         history, start_epoch, seconds = state["history"], state["epoch"], state["seconds"]  # type: ignore[assignment]
 
-    def save(epoch: int) -> None:
+    def save(epoch: int, seconds: float) -> None:
         if ckpt is not None:
             save_atomic(
                 {
@@ -228,40 +226,15 @@ def train_retrieval(
 
     x_all = F.normalize(fit.features.x, dim=-1).to(device)
     img_all = fit.features.image_index.to(device)
-    sampler = ViewSampler(fit.features)
     epochs = cfg.epochs or 1
     stop = epochs if until_epoch is None else min(until_epoch, epochs)
     model.train()
-    bar = tqdm(
-        range(start_epoch, stop),
-        desc=f"train {dataset}",
-        disable=not progress,
-        initial=start_epoch,
-        total=epochs,
-    )
-    pipelined = device.type == "cpu" and not updates.coupled and torch.get_num_threads() > 1
-    with flush_denormals(), training_threads(pipelined) as pool:
-        for epoch in bar:
-            t0 = time.perf_counter()
-            updates.set_lr(epoch_lr(cfg, epoch))
-            rows = sampler.epoch(gen).to(device)
-            x_epoch, y_epoch = x_all.index_select(0, rows), img_all.index_select(0, rows)
-            size = cfg.batch_size
-            batches = [
-                (x_epoch[i : i + size], y_epoch[i : i + size]) for i in range(0, len(rows), size)
-            ]
-            losses = updates.epoch(batches, pool)
-            seconds += time.perf_counter() - t0
-            history.append({"epoch": epoch + 1, "lr": epoch_lr(cfg, epoch), **losses})
-            bar.set_postfix(loss=f"{losses['loss']:.3f}", distill=f"{losses['distill']:.3f}")
-            done = epoch + 1
-            if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < stop:
-                save(done)
-        bar.close()
-        epochs_done = max(stop, start_epoch)
-        save(epochs_done)
-        model.eval()
-        health = retrieval_health(model, held, cfg, device)
+    seconds, epochs_done, health = run_epochs(
+        updates, cfg, x_all, img_all, ViewSampler(fit.features), gen,
+        start_epoch=start_epoch, stop=stop, history=history, seconds=seconds, save=save,
+        health=lambda: retrieval_health(model.eval(), held, cfg, device),
+        desc=f"train {dataset}", progress=progress,
+    )  # fmt: skip
     if health:
         log.info(
             "%s: teacher_acc=%.3f student_acc=%.3f (zero-shot %.3f) on %d held-out images",
