@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from aape.cli.common import add_clip, add_home, command, int_list
+from aape.cli.common import add_clip, add_config_args, add_home, command, int_list
 from prompt_banks.errors import UserError
 
 
