@@ -117,11 +117,7 @@ def register(vl_sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--dataset", required=True, help="an embedded caption dataset (train split)")
     p.add_argument("--out", help="run folder (default: <home>/runs/captioning/<dataset>-<tag>)")
-    p.add_argument("--config", help="YAML/JSON file of GenConfig fields")
-    p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE",
-        help="override one field: method, lm, k, prefix_position, lambda_distill, h_mode, steps",
-    )  # fmt: skip
+    add_config_args(p, "GenConfig")
     add_home(p)
     add_clip(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
