@@ -1,6 +1,7 @@
 """Every flow, importable from one place (the entrypoints of infra/prefect/prefect.yaml)."""
 
 from pipelines.build_domain import build_domain
+from pipelines.captioning import captioning
 from pipelines.embed import embed_bank
 from pipelines.evaluate import evaluate
 from pipelines.features import extract_features
@@ -10,6 +11,7 @@ from pipelines.train import train
 
 __all__ = [
     "build_domain",
+    "captioning",
     "embed_bank",
     "evaluate",
     "extract_features",

@@ -87,7 +87,7 @@ def nocaps_val(root: Path, n_images: int = 3) -> Path:
                 "license": 0,
                 "date_captured": "2018-11-06 11:04:33",
                 "domain": domains[i % 3],
-            }  # fmt: skip
+            }
         )
         for j in range(10):
             annotations.append(

@@ -45,3 +45,13 @@ def load_gen_config(
 ) -> GenConfig:
     """A captioning config from YAML/JSON plus `key=value` overrides, or a one-line UserError."""
     return load_config(path, overrides, model=GenConfig)
+
+
+def baseline_rows(base: GenConfig) -> dict[str, GenConfig]:
+    """The rows of the report, all in one harness: LiMBeR (no AAPE prefix), the AAPE prefix
+    with lambda = 0, and with lambda = 5; every other field as `base`."""
+    return {
+        "limber": base.model_copy(update={"method": "limber"}),
+        "aape-lam0": base.model_copy(update={"method": "aape", "lambda_distill": 0.0}),
+        "aape-lam5": base.model_copy(update={"method": "aape", "lambda_distill": 5.0}),
+    }
