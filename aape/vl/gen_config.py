@@ -30,6 +30,7 @@ class GenConfig(TrainConfig):
     batch_size: int = Field(16, ge=1)
     recipe: Literal["coop_sgd", "adamw"] = "adamw"
     warmup_steps: int = Field(10, ge=0)
+    caption_prompt: str = "A picture of"  # text between the prefix and the caption ("" = none)
     max_caption_tokens: int = Field(32, ge=1)  # training captions are cut to this many tokens
     log_every: int = Field(10, ge=1)
     cpu_threads: int = Field(1, ge=0)  # intra-op threads on CPU; 0 = torch's default

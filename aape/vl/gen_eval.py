@@ -68,9 +68,11 @@ def evaluate_captions(
     clip: LoadedCLIP,
     opts: DecodeOptions,
     tokenizer: TokenizerName = "auto",
+    prompt: str = "",
 ) -> dict[str, object]:
-    """Captions for the images x [N, d] and their scores against the references."""
-    seqs: list[list[Segment]] = [[ImageSeg(i)] for i in range(len(x))]
+    """Captions for the images x [N, d] (after the training's caption prompt) and their scores
+    against the references."""
+    seqs: list[list[Segment]] = [[ImageSeg(i), TextSeg(prompt)] for i in range(len(x))]
     captions = _generate(lm, model, x, seqs, [opts.max_tokens] * len(x), opts, "captions")
     keys = [str(i) for i in image_ids]
     cider, per_image, used = cider_d(

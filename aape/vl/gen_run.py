@@ -172,7 +172,7 @@ def _evaluations(
         ids = test.captions.image_ids
         if max_images is not None:
             x, refs, ids = x[:max_images], refs[:max_images], ids[:max_images]
-        cap = evaluate_captions(lm, model, x, ids, refs, clip, opts, tokenizer)  # type: ignore[arg-type]
+        cap = evaluate_captions(lm, model, x, ids, refs, clip, opts, tokenizer, cfg.caption_prompt)  # type: ignore[arg-type]
         out["captioning"] = {"dataset": dataset, "split": split, **cap}
     if vqa is not None:
         pool = support if support is not None else vqa

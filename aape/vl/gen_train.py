@@ -119,7 +119,11 @@ def train_prefix(
             x = x_all.index_select(0, idx)
             prefixes, h = model(x)
             seqs = [
-                [ImageSeg(j), TextSeg(t, loss=True, eos=True, max_tokens=cfg.max_caption_tokens)]
+                [
+                    ImageSeg(j),
+                    TextSeg(cfg.caption_prompt),
+                    TextSeg(t, loss=True, eos=True, max_tokens=cfg.max_caption_tokens),
+                ]
                 for j, t in enumerate(texts)
             ]
             embeds, attn, labels = build_inputs(lm, prefixes, seqs, pad_left=False)
