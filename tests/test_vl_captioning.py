@@ -88,8 +88,8 @@ def test_overfits_a_handful_of_pairs(smollm2) -> None:
     assert result.history[-1]["distill"] < result.history[0]["distill"]
     with torch.no_grad():
         prefixes, _ = result.model(x)
-        embeds, mask, _ = build_inputs(smollm2, prefixes, [[ImageSeg(i)] for i in range(4)],
-                                       pad_left=True)  # fmt: skip
+        seqs = [[ImageSeg(i), TextSeg(cfg.caption_prompt)] for i in range(4)]
+        embeds, mask, _ = build_inputs(smollm2, prefixes, seqs, pad_left=True)
         assert decode(smollm2, embeds, mask, max_new_tokens=16) == CAPTIONS
         assert decode(smollm2, embeds, mask, max_new_tokens=16, decoding="beam") == CAPTIONS
         cut = decode(smollm2, embeds, mask, max_new_tokens=[1, 2, 3, 4])
