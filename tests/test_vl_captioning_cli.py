@@ -1,6 +1,6 @@
-"""Captioning and VQA end to end on the SYNTHETIC offline set, through the CLI and the Prefect
-flow: templated captions and questions for animal-mnist images, aape-tiny features, the real
-SmolLM2; train, caption, answer (0- and 1-shot), report."""
+"""Captioning and VQA end to end on the SYNTHETIC offline set, through the CLI: templated
+captions and questions for animal-mnist images, aape-tiny features, the real SmolLM2; train,
+caption, answer (0- and 1-shot), report (the flow: tests/pipelines/test_captioning_flow.py)."""
 
 from __future__ import annotations
 
@@ -66,23 +66,3 @@ def test_caption_and_vqa_end_to_end(
     assert main(["vl", "caption-report", "--runs", *runs, "--out", str(report)]) == 0
     text = report.read_text()
     assert "| limber-k5 |" in text and "VQA 1-shot" in text and "Sample captions" in text
-
-
-@pytest.mark.slow
-def test_captioning_flow(home: Path, synthetic: dict, tmp_path: Path) -> None:
-    from pipelines.captioning import CaptioningParams, VQAFiles, captioning
-
-    params = CaptioningParams(
-        home=str(home),
-        train_dataset="animal-mnist-synthetic-captions",
-        vqa=VQAFiles(**synthetic["test"]),
-        vqa_support=VQAFiles(**synthetic["train"]),
-        shots=[0, 1],
-        config={"steps": 4, "batch_size": 4, "aggregator_heads": 4, "device": "cpu"},
-        max_images=2,
-        out=str(tmp_path / "flow"),
-    )
-    out = captioning(params)
-    assert len(out["runs"]) == 3
-    text = Path(out["report"]).read_text()
-    assert all(f"| {m}" in text for m in ("limber-k5", "aape-k5-lam0", "aape-k5-lam5"))
