@@ -101,6 +101,14 @@ def handle_synthetic_vqa(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_args(p: argparse.ArgumentParser, handler) -> None:
+    """--home, the CLIP, --quiet, and the handler."""
+    add_home(p)
+    add_clip(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=handler)
+
+
 def register(vl_sub: argparse._SubParsersAction) -> None:
     p = command(
         vl_sub,
@@ -118,10 +126,7 @@ def register(vl_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", required=True, help="an embedded caption dataset (train split)")
     p.add_argument("--out", help="run folder (default: <home>/runs/captioning/<dataset>-<tag>)")
     add_config_args(p, "GenConfig")
-    add_home(p)
-    add_clip(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=handle_train)
+    _run_args(p, handle_train)
 
     p = command(
         vl_sub,
@@ -154,10 +159,7 @@ def register(vl_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", choices=["auto", "ptb", "python"], default="auto",
                    help="CIDEr-D tokenizer: ptb needs Java; auto falls back to python")  # fmt: skip
     p.add_argument("--max-images", type=int, help="evaluate only the first N images/questions")
-    add_home(p)
-    add_clip(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=handle_eval)
+    _run_args(p, handle_eval)
 
     p = command(
         vl_sub,
