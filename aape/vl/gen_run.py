@@ -23,7 +23,7 @@ from aape.train import save_atomic
 from aape.vl.bank import caption_store
 from aape.vl.gen_config import GenConfig
 from aape.vl.gen_eval import DecodeOptions, evaluate_captions, evaluate_vqa
-from aape.vl.gen_train import CaptionTrainData, GenResult, train_prefix
+from aape.vl.gen_train import CaptionTrainData, GenResult, check_config, train_prefix
 from aape.vl.lm import FrozenLM, cpu_threads, load_lm
 from aape.vl.prefix import PrefixModel
 from aape.vl.tasks import CaptionSplit, load_caption_split
@@ -58,6 +58,7 @@ def train_run(
     progress: bool = True,
 ) -> tuple[GenResult, Path]:  # fmt: skip
     """Train on the dataset's train split; writes <out>/prefix.pt and <out>/train.json."""
+    check_config(cfg)
     split = load_caption_split(
         caption_store(home), home, dataset, clip.model_id, "train", max_view=0
     )

@@ -85,12 +85,17 @@ def load_h_init(model: PrefixModel, cfg: GenConfig) -> None:
     model.h.load_state_dict(result.model.h.state_dict())  # type: ignore[union-attr]
 
 
+def check_config(cfg: GenConfig) -> None:
+    """What a config must hold before anything loads."""
+    if cfg.method == "aape" and cfg.h_mode == "frozen" and cfg.h_init is None:
+        raise UserError("h_mode=frozen needs h_init: a retrieval artifact from `aape vl train`")
+
+
 def train_prefix(
     lm: FrozenLM, data: CaptionTrainData, cfg: GenConfig, *, progress: bool = True
 ) -> GenResult:
     """Train the prefix for `cfg.steps` steps; deterministic for a seed on one device."""
-    if cfg.method == "aape" and cfg.h_mode == "frozen" and cfg.h_init is None:
-        raise UserError("h_mode=frozen needs h_init: a retrieval artifact from `aape vl train`")
+    check_config(cfg)
     device = lm.device
     clip_dim = int(data.x.shape[1])
     with torch.random.fork_rng(devices=[]):
