@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from aape.data import ClassTexts, FeatureSet, Task
+from aape.data import BankId, ClassTexts, FeatureSet, Task
 from prompt_banks.atomic import write_json_atomic, write_parquet_atomic
 from prompt_banks.errors import UserError
 
@@ -357,9 +357,11 @@ def load_task(
     bank_domain: str | None = None,
     shots: int | None = None,
     seed: int = 1,
+    shots_policy: str = "error",
 ) -> Task:
     """Read a bring-your-own-features folder into a `Task`; with `shots`, the training split
-    keeps K images per class (all their views), picked by the project's few-shot rule for `seed`.
+    keeps K images per class (all their views), picked by the project's few-shot rule for `seed`
+    (a class with fewer than K is an error unless `shots_policy` is "all-available").
 
     The prompt bank comes from `prompts.parquet`, or, when `bank_domain` is given, from that domain
     in `bank_store` (a `prompt_banks.store.BankStore` or its root path) for the folder's model_id;
@@ -385,8 +387,9 @@ def load_task(
     templates = _embeddings(classes, classes_path, d)[torch.from_numpy(order)]
     x = _embeddings(images, images_path, d)
     splits = _feature_sets(images, x, images_path, c)
+    bank_id = None
     if bank_domain is not None:
-        bank, mask = _bank_from_store(bank_store, bank_domain, names, meta["model_id"], d)
+        bank, mask, bank_id = _bank_from_store(bank_store, bank_domain, names, meta["model_id"], d)
     else:
         prompts_path = root / PROMPTS
         if not prompts_path.is_file():
@@ -401,13 +404,15 @@ def load_task(
         )
     task = Task(
         name=str(meta.get("name") or root.name),
-        texts=ClassTexts(names=names, templates=templates, bank=bank, bank_mask=mask),
+        texts=ClassTexts(
+            names=names, templates=templates, bank=bank, bank_mask=mask, bank_id=bank_id
+        ),
         train=splits["train"],
         test=splits["test"],
         val=splits.get("val"),
         model_id=meta["model_id"],
     )
-    return task if shots is None else select_shots(task, shots, seed)
+    return task if shots is None else select_shots(task, shots, seed, shots_policy)
 
 
 def keep_images(fs: FeatureSet, image_ids: set[str]) -> FeatureSet:
@@ -424,11 +429,12 @@ def keep_images(fs: FeatureSet, image_ids: set[str]) -> FeatureSet:
     )
 
 
-def select_shots(task: Task, shots: int, seed: int) -> Task:
+def select_shots(task: Task, shots: int, seed: int, policy: str = "error") -> Task:
     """`task` with K training images per class (every view of each), chosen by
-    `aape.fewshot.fewshot_manifest`: a pure function of (image ids + labels, K, seed)."""
+    `aape.fewshot.fewshot_manifest`: a pure function of (image ids + labels, K, seed). Fewer
+    than K images in a class: see `aape.fewshot.require_shots`; the task records the policy."""
     from aape.datasets.base import ImageRecord
-    from aape.fewshot import fewshot_manifest
+    from aape.fewshot import fewshot_manifest, require_shots, short_classes
 
     train = task.train
     if not train.image_ids:
@@ -441,14 +447,22 @@ def select_shots(task: Task, shots: int, seed: int) -> Task:
         ImageRecord(image_id=i, label=y, classname=task.texts.names[y], split="train", source=i)
         for i, y in zip(train.image_ids, label_of.tolist(), strict=True)
     ]
-    chosen = fewshot_manifest(records, shots, seed, dataset=task.name).selected()
-    return replace(task, train=keep_images(train, chosen))
+    short = short_classes(records, shots, len(task.texts.names))
+    require_shots(
+        short, shots, policy, dataset=task.name, describe=lambda c: repr(task.texts.names[c])
+    )
+    chosen = fewshot_manifest(records, shots, seed, dataset=task.name, policy=policy).selected()
+    provenance = {"shots_policy": policy, "short_classes": {str(c): n for c, n in short.items()}}
+    return replace(
+        task, train=keep_images(train, chosen), provenance={**task.provenance, **provenance}
+    )
 
 
 def _bank_from_store(
     store: Any, domain: str, names: list[str], model_id: str, d: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, BankId]:
     """The bank of `names` in `domain` for `model_id`, from the prompt-bank store."""
+    from prompt_banks.fingerprint import bank_fingerprint
     from prompt_banks.queries import bank_tensor
     from prompt_banks.store import BankStore
 
@@ -459,4 +473,5 @@ def _bank_from_store(
             f"bank domain {domain}: model {model_id} has d = {bank.shape[-1]} in the store "
             f"{bank_store.root}, meta.json says d = {d}"
         )
-    return torch.nn.functional.normalize(bank, dim=-1) * mask.unsqueeze(-1), mask
+    bank_id = BankId(domain, bank_fingerprint(bank_store, domain, names, model_id))
+    return torch.nn.functional.normalize(bank, dim=-1) * mask.unsqueeze(-1), mask, bank_id

@@ -11,14 +11,16 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError
 
 from prompt_banks.errors import UserError
 
 Method = Literal["aape", "zeroshot", "cupl", "linear_probe"]
+BANK_METHODS = ("aape", "cupl")  # the methods that read the prompt bank P_c
 AggregatorKind = Literal["attention", "mlp", "mean", "random"]
 ClassEmbed = Literal["template", "bank_mean", "both"]
 Recipe = Literal["coop_sgd", "adamw"]
+ProbeSolver = Literal["lbfgs", "adamw"]
 
 # CoOp's epochs by shots (1 shot: 50, 2/4: 100, 8/16: 200); more shots than 16 keep 200.
 COOP_EPOCHS_BY_SHOTS = {1: 50, 2: 100, 4: 100, 8: 200, 16: 200}
@@ -40,6 +42,9 @@ class TrainConfig(BaseModel):
     # Head g and class embeddings
     head_residual: bool = True  # w_c(x) = w_c + g([w_c ; h(x)]), last layer zero-initialised
     class_embed: ClassEmbed = "template"
+    # Bank pruning: keep only descriptions whose margin on the training shots is above this
+    # (aape.bank_quality.prune_bank); None keeps the whole bank.
+    prune_margin: float | None = None
     # Losses
     lambda_distill: float = Field(5.0, ge=0.0)
     reward_scale: float = Field(2.5, ge=0.0)  # s in L_reward = -s * max(cos(x, p_a), 0)
@@ -56,7 +61,16 @@ class TrainConfig(BaseModel):
     adamw_lr: float = Field(1e-3, gt=0.0)
     adamw_weight_decay: float = Field(1e-2, ge=0.0)
     adamw_epochs: int = Field(100, ge=1)
-    # Linear-probe baseline (full-batch AdamW on cached features)
+    # Linear-probe baseline. lbfgs: CLIP's / CLIP_benchmark's protocol, L-BFGS logistic
+    # regression (scikit-learn) on the centre-crop features, C swept on the validation split
+    # (`probe_c_grid`, then `probe_refine_steps` bisections in log10 C around the best), refit.
+    # adamw: full-batch AdamW from zero-shot CLIP's weights (`probe_steps/lr/weight_decay`).
+    probe_solver: ProbeSolver = "lbfgs"
+    probe_c_grid: tuple[PositiveFloat, ...] = Field(
+        (1e-6, 1e-4, 1e-2, 1.0, 1e2, 1e4, 1e6), min_length=1
+    )
+    probe_refine_steps: int = Field(4, ge=0)
+    probe_max_iter: int = Field(1000, ge=1)
     probe_steps: int = Field(300, ge=1)
     probe_lr: float = Field(1e-2, gt=0.0)
     probe_weight_decay: float = Field(1e-4, ge=0.0)
@@ -82,11 +96,14 @@ class TrainConfig(BaseModel):
 
     def tag(self) -> str:
         """Short, readable name of what runs, for run directories and tables."""
+        pruned = "" if self.prune_margin is None else f"-prune{self.prune_margin:g}"
+        if self.method == "linear_probe" and self.probe_solver != "lbfgs":
+            return f"linear_probe_{self.probe_solver}{pruned}"
         if self.method != "aape":
-            return self.method
+            return self.method + pruned
         parts = [f"aape-{self.aggregator}", f"lam{self.lambda_distill:g}", self.class_embed]
         parts.append(self.recipe.replace("_", ""))
-        return "-".join(parts)
+        return "-".join(parts) + pruned
 
 
 ConfigT = TypeVar("ConfigT", bound=TrainConfig)

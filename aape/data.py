@@ -8,6 +8,7 @@ reads one. All embeddings are L2-normalised float32 on the CPU; consumers move t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -54,6 +55,15 @@ class FeatureSet:
         )
 
 
+@dataclass(frozen=True)
+class BankId:
+    """Which prompt bank a `ClassTexts.bank` was read from: the store domain and a fingerprint
+    of the rows read (`prompt_banks.fingerprint.bank_fingerprint`)."""
+
+    domain: str
+    fingerprint: str
+
+
 @dataclass
 class ClassTexts:
     """Text side of the classes: names, template embeddings w_c and the prompt bank P_c."""
@@ -62,6 +72,7 @@ class ClassTexts:
     templates: torch.Tensor  # [C, d] "a photo of a {c}." embeddings, L2-normalised
     bank: torch.Tensor | None = None  # [C, n_max, d] prompt embeddings, zero-padded
     bank_mask: torch.Tensor | None = None  # [C, n_max] bool, True where a prompt exists
+    bank_id: BankId | None = None  # where `bank` came from, when it came from a store
 
     def __post_init__(self) -> None:
         c = len(self.names)
@@ -93,6 +104,7 @@ class ClassTexts:
             templates=self.templates[idx],
             bank=None if self.bank is None else self.bank[idx],
             bank_mask=None if self.bank_mask is None else self.bank_mask[idx],
+            bank_id=self.bank_id,
         )
 
 
@@ -106,6 +118,8 @@ class Task:
     test: FeatureSet
     val: FeatureSet | None = None
     model_id: str = ""  # CLIP model id that produced every embedding here
+    # What the task was built from, for the run record (images used per split, shots policy, ...)
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for split in ("train", "test", "val"):

@@ -48,6 +48,7 @@ from aape.datasets.base import DEFAULT_VIEWS, Dataset, ImageRecord
 from prompt_banks.atomic import publish_part
 from prompt_banks.clip import LoadedCLIP
 from prompt_banks.errors import UserError
+from prompt_banks.integrity import FIX, bad_vector_rows, check_parts
 from prompt_banks.paths import features_dir, is_url, join
 from prompt_banks.schema import stable_hash
 
@@ -285,6 +286,7 @@ def _read_split(
     parts, fs = _parts(folder)
     if not parts:
         return None
+    check_parts(parts, FEATURES, fs, what="features")
     return pa.concat_tables(
         [pq.read_table(p, columns=columns, filters=filters, filesystem=fs) for p in parts]
     )
@@ -432,6 +434,8 @@ def load_features(
     order = sorted(chosen)
     rows = np.fromiter((chosen[k] for k in order), dtype=np.int64, count=len(order))
     dim = dims.pop()
+    if table.num_rows and bad_vector_rows(table).any():
+        raise UserError(f"features: {folder} holds vectors whose length is not their dim; {FIX}")
     flat = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
     x = flat.reshape(-1, dim)[rows]
     labels = table.column("label").to_numpy()[rows]

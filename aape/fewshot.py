@@ -4,8 +4,11 @@ A manifest is a pure function of (split records, K, seed): for each label, the i
 label are sorted, shuffled by a private `random.Random("fewshot:<seed>:<label>")` and the first K
 kept. Consequences: the input order of the records does not matter; a class's pick does not
 depend on other classes; and the picks are nested (the 1-shot images are among the 2-shot ones,
-and so on), so a shots curve varies one thing at a time. A class with fewer than K images keeps
-all of them (as CoOp does) and is listed in `short_classes`.
+and so on), so a shots curve varies one thing at a time.
+
+Asking for more shots than a class has is an error by default (`require_shots`, naming the
+classes and their counts). The explicit policy `all-available` keeps every image of such a class
+(as CoOp does); the manifest records the policy and lists those labels in `short_classes`.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import json
 import math
 import os
 import random
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,6 +30,9 @@ from prompt_banks.errors import UserError
 from prompt_banks.paths import aape_home, join
 from prompt_banks.schema import stable_hash
 
+SHOTS_POLICIES = ("error", "all-available")
+SHOWN_CLASSES = 5  # classes named in the error
+
 
 @dataclass(frozen=True)
 class FewShotManifest:
@@ -36,6 +43,7 @@ class FewShotManifest:
     image_ids: dict[int, list[str]]  # label -> chosen ids, in pick order
     short_classes: list[int]  # labels with fewer than `shots` images
     source_hash: str  # hash of the (id, label) pairs the pick was drawn from
+    policy: str = "error"  # how classes with fewer than `shots` images were treated
 
     def selected(self) -> set[str]:
         return {i for ids in self.image_ids.values() for i in ids}
@@ -59,10 +67,14 @@ def fewshot_manifest(
     *,
     dataset: str = "",
     split: str = "train",
+    policy: str = "error",
 ) -> FewShotManifest:
-    """Choose `shots` images per class from `records` (see the module doc for the rule)."""
+    """Choose `shots` images per class from `records` (see the module doc for the rule); the
+    caller checks `policy` against the counts first (`require_shots`)."""
     if shots < 1:
         raise UserError(f"shots: {shots} is not a positive number of images per class")
+    if policy not in SHOTS_POLICIES:
+        raise UserError(f"--shots-policy: '{policy}' is unknown; use {' or '.join(SHOTS_POLICIES)}")
     by_label: dict[int, list[str]] = {}
     for r in records:
         by_label.setdefault(r.label, []).append(r.image_id)
@@ -79,6 +91,40 @@ def fewshot_manifest(
         image_ids=chosen,
         short_classes=[label for label, ids in chosen.items() if len(ids) < shots],
         source_hash=stable_hash(sorted((r.image_id, r.label) for r in records)),
+        policy=policy,
+    )
+
+
+def short_classes(records: Sequence[ImageRecord], shots: int, n_classes: int) -> dict[int, int]:
+    """Labels 0..n_classes-1 with fewer than `shots` distinct images in `records` -> that count
+    (a class with none counts 0)."""
+    counts = Counter(label for _, label in {(r.image_id, r.label) for r in records})
+    return {c: counts.get(c, 0) for c in range(n_classes) if counts.get(c, 0) < shots}
+
+
+def require_shots(
+    short: dict[int, int],
+    shots: int,
+    policy: str,
+    *,
+    dataset: str,
+    describe: Callable[[int], str] = str,
+) -> None:
+    """Refuse a K-shot run on classes with fewer than K images unless `policy` allows it."""
+    if policy not in SHOTS_POLICIES:
+        raise UserError(f"--shots-policy: '{policy}' is unknown; use {' or '.join(SHOTS_POLICIES)}")
+    if not short or policy == "all-available":
+        return
+    fewest = sorted(short.items(), key=lambda item: (item[1], item[0]))
+    shown = ", ".join(f"{describe(label)} has {n}" for label, n in fewest[:SHOWN_CLASSES])
+    if len(fewest) > SHOWN_CLASSES:
+        shown += f" and {len(fewest) - SHOWN_CLASSES} more"
+    fewer = f"pass --shots {fewest[0][1]} or fewer, or " if fewest[0][1] >= 1 else ""
+    classes = f"{len(short)} class has" if len(short) == 1 else f"{len(short)} classes have"
+    raise UserError(
+        f"shots: {shots} training images per class asked, but {classes} fewer in {dataset} "
+        f"({shown}); {fewer}pass --shots-policy all-available to train on the images they have "
+        "(the run records it)"
     )
 
 

@@ -18,7 +18,7 @@ from PIL import Image
 from aape.artifact import BANK_MEANS_KEY, needs_bank_means, read_artifact
 from aape.config import TrainConfig
 from aape.model import AAPE, HeadCache
-from prompt_banks.clip import CLIPRef, LoadedCLIP, load_clip
+from prompt_banks.clip import CLIPRef, LoadedCLIP, is_model_id_of, load_clip
 from prompt_banks.errors import UserError
 from prompt_banks.text import canonical_class_name
 
@@ -75,7 +75,13 @@ class AAPEClassifier:
         cfg = TrainConfig(**meta["config"])
         model = AAPE(int(meta["dim"]), cfg)
         weights = {k: v for k, v in tensors.items() if k != BANK_MEANS_KEY}
-        missing = model.load_state_dict(weights, strict=False).missing_keys
+        try:
+            missing = model.load_state_dict(weights, strict=False).missing_keys
+        except RuntimeError as exc:  # shapes that are not those of d and the switches
+            raise UserError(
+                f"--artifact: {folder} holds weights that do not fit its config.json "
+                f"(dim {meta['dim']}); export it again with `aape export`"
+            ) from exc
         if missing:
             raise UserError(f"--artifact: {folder} lacks weights {', '.join(missing[:3])}")
         means = tensors.get(BANK_MEANS_KEY)
@@ -116,8 +122,7 @@ class AAPEClassifier:
         """w_c for each name under the artifact's `class_embed` switch, [C, d]."""
         if not class_names:
             raise UserError("classes: give at least one class name")
-        if len(set(class_names)) != len(class_names):
-            raise UserError("classes: a class name is repeated; give each class once")
+        _check_distinct(class_names)
         kind = self.config.class_embed
         if kind == "bank_mean":
             return F.normalize(self._bank_mean(class_names), dim=-1)
@@ -183,6 +188,19 @@ class AAPEClassifier:
         return self.predict_features(x, class_names, top_k=top_k)
 
 
+def _check_distinct(class_names: list[str]) -> None:
+    """Names the bank spells alike ("red apple", "Red Apple") are one class to it, so they are
+    one class here too: a list that gives one class twice is refused, naming both spellings."""
+    seen: dict[str, str] = {}
+    for name in class_names:
+        key = canonical_class_name(name)
+        if key in seen:
+            first = seen[key]
+            same = "is repeated" if first == name else f"and '{first}' are one class to the bank"
+            raise UserError(f"classes: '{name}' {same}; give each class once")
+        seen[key] = name
+
+
 def open_image(image: Image.Image | str | Path) -> Image.Image:
     if isinstance(image, Image.Image):
         return image
@@ -207,7 +225,7 @@ def artifact_clip(meta: dict[str, Any]) -> LoadedCLIP:
 
 
 def check_clip(clip: LoadedCLIP, meta: dict[str, Any]) -> None:
-    if clip.model_id != meta["clip_model_id"]:
+    if not is_model_id_of(clip.ref, meta["clip_model_id"]):
         raise UserError(
             f"clip model: the artifact was trained with {meta['clip_model_id']}, not "
             f"{clip.model_id}; load that CLIP (features from another CLIP are meaningless to it)"

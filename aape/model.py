@@ -144,16 +144,23 @@ class PromptAggregator(nn.Module):
             mean = masked_mean(p, m)
             a = torch.sigmoid(self.mix_logit)
             return self._finish(a * self.mlp(mean) + (1 - a) * mean)
+        # The mean over heads of convex combinations is one convex combination: average the
+        # attention first, then one weighted sum of the prompts (H times less work).
+        attn = self.attention(x, p, m, classes)
+        return self._finish(torch.bmm(attn.unsqueeze(1), p).squeeze(1))
+
+    def attention(
+        self, x: torch.Tensor, p: torch.Tensor, m: torch.Tensor | None, classes: torch.Tensor
+    ) -> torch.Tensor:
+        """The `attention` teacher's weight on each of the gathered prompts `p` [B, n, d] of
+        image i's class, averaged over heads: [B, n], each row summing to 1."""
         q = self.query[classes] if self.query is not None else self._prompt_mean(p, m)
         if self.f is not None:
             q = q + self.f(x)
         scores = torch.bmm(self._z(q), p.transpose(1, 2))  # [B, H, n]
         if m is not None:
             scores = scores.masked_fill(~m.unsqueeze(1), float("-inf"))
-        attn = scores.softmax(-1)
-        # The mean over heads of convex combinations is one convex combination: average the
-        # attention first, then one weighted sum of the prompts (H times less work).
-        return self._finish(torch.bmm(attn.mean(1).unsqueeze(1), p).squeeze(1))
+        return scores.softmax(-1).mean(1)
 
     @staticmethod
     def _prompt_mean(p: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:

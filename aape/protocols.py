@@ -1,34 +1,44 @@
 """Evaluation protocols: few-shot, base-to-new (CoCoOp), cross-dataset / domain generalisation.
 
-Tasks come from callables, so a protocol loads only what a missing run needs. Every run writes
-one `result.json` (CLIP_benchmark keys + base/new/H) in a directory whose path says what ran:
-`<runs_root>/<protocol>/<task>/<method tag>-<config hash>/k<K>-s<seed>`. A complete run is
-skipped unless `force`.
+Tasks come from callables. Every run writes one `result.json` (our keys + base/new/H; see
+`aape.clip_benchmark_export` for CLIP_benchmark's schema) in a directory whose path says what
+ran: `<runs_root>/<protocol>/<task>/<method tag>[@<bank domain>]-<identity hash>/k<K>-s<seed>`.
+The identity (`run_identity`) holds everything that determines a result besides K and the seed
+(config, CLIP model, bank domain + content), so two runs that differ in any of it never share a
+folder. The Task is built first (its model and bank are part of the identity); a complete run
+is then skipped, not retrained, unless `force`. A config repeated in one call runs once.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
 import math
+import re
 import shutil
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aape.config import TrainConfig
-from aape.data import Task
+from aape.config import BANK_METHODS, TrainConfig
+from aape.data import ClassTexts, Task
 from aape.evaluate import base_new_classes, evaluate, harmonic_mean, subset_task
 from aape.train import TrainResult, train
 from prompt_banks import atomic
+from prompt_banks.json_files import read_json
 from prompt_banks.schema import stable_hash
 
 log = logging.getLogger(__name__)
 
 RESULT_NAME = "result.json"
+QUARANTINE_FIX = "run `aape doctor --quarantine` to move it aside (the run is then redone)"
 FEW_SHOTS = (1, 2, 4, 8, 16)
 SEEDS = (1, 2, 3)
+# Config fields that cannot change a run's result (the seed is the folder's leaf).
+NOT_IDENTITY = frozenset({"seed", "device", "checkpoint_every", "health_max_images"})
+_SLUG = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def with_lambda0(cfg: TrainConfig) -> list[TrainConfig]:
@@ -38,14 +48,64 @@ def with_lambda0(cfg: TrainConfig) -> list[TrainConfig]:
     return [cfg]
 
 
-def config_dir_name(cfg: TrainConfig) -> str:
-    """Method tag + a hash of every switch except seed and device (one folder per setting)."""
-    key = cfg.model_dump(exclude={"seed", "device", "checkpoint_every", "health_max_images"})
-    return f"{cfg.tag()}-{stable_hash(key)[:8]}"
+def unique_configs(cfgs: Iterable[TrainConfig]) -> list[TrainConfig]:
+    """`cfgs` without repeats (e.g. a method given as both --set and --baselines), in order."""
+    seen: dict[str, TrainConfig] = {}
+    for cfg in cfgs:
+        seen.setdefault(stable_hash(cfg.model_dump(exclude=NOT_IDENTITY)), cfg)
+    return list(seen.values())
 
 
-def run_dir(runs_root: Path, protocol: str, task_name: str, cfg: TrainConfig, leaf: str) -> Path:
-    return Path(runs_root) / protocol / task_name / config_dir_name(cfg) / leaf
+@dataclass(frozen=True)
+class RunInputs:
+    """What a run reads besides its config, K and seed: the CLIP model, the bank
+    ({"domain", "fingerprint"} or None) and protocol specifics (e.g. the transfer targets).
+    Built from a loaded Task (`inputs_of`) or, without loading one, from the same parts."""
+
+    model_id: str
+    bank: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def bank_identity(texts: ClassTexts) -> dict[str, Any] | None:
+    """The bank a task reads: its store domain and content fingerprint, or (a bank that did not
+    come from a store, e.g. the simulation's) a digest of the tensors themselves."""
+    if texts.bank is None:
+        return None
+    if texts.bank_id is not None:
+        return {"domain": texts.bank_id.domain, "fingerprint": texts.bank_id.fingerprint}
+    assert texts.bank_mask is not None
+    digest = hashlib.sha256(texts.bank.contiguous().numpy().tobytes())
+    digest.update(texts.bank_mask.contiguous().numpy().tobytes())
+    return {"domain": None, "fingerprint": digest.hexdigest()[:32]}
+
+
+def inputs_of(task: Task, **extra: Any) -> RunInputs:
+    return RunInputs(model_id=task.model_id, bank=bank_identity(task.texts), extra=extra)
+
+
+def run_identity(cfg: TrainConfig, inputs: RunInputs) -> dict[str, Any]:
+    """Everything that determines a run besides K and the seed (the bank only for the methods
+    that read it). The one definition: folders, records and anything that plans runs ahead."""
+    return {
+        "config": cfg.model_dump(exclude=NOT_IDENTITY),
+        "model_id": inputs.model_id,
+        "bank": inputs.bank if cfg.method in BANK_METHODS else None,
+        **inputs.extra,
+    }
+
+
+def config_dir_name(cfg: TrainConfig, inputs: RunInputs) -> str:
+    """Method tag, `@<bank domain>` when it reads one, and a hash of `run_identity`."""
+    bank = run_identity(cfg, inputs)["bank"]
+    label = f"@{_SLUG.sub('_', bank['domain'])}" if bank and bank.get("domain") else ""
+    return f"{cfg.tag()}{label}-{stable_hash(run_identity(cfg, inputs))[:8]}"
+
+
+def run_dir(
+    runs_root: Path, protocol: str, task_name: str, cfg: TrainConfig, leaf: str, inputs: RunInputs
+) -> Path:
+    return Path(runs_root) / protocol / task_name / config_dir_name(cfg, inputs) / leaf
 
 
 def _clean(value: Any) -> Any:
@@ -69,12 +129,18 @@ def load_complete(folder: Path) -> dict[str, Any] | None:
     path = folder / RESULT_NAME
     if not path.is_file():
         return None
-    record = json.loads(path.read_text(encoding="utf-8"))
+    record = read_json(path, "runs", QUARANTINE_FIX)
     return record if record.get("complete") else None
 
 
 def _record(
-    protocol: str, task: Task, result: TrainResult, shots: int, seed: int, metrics: dict[str, Any]
+    protocol: str,
+    task: Task,
+    result: TrainResult,
+    shots: int,
+    seed: int,
+    metrics: dict[str, Any],
+    inputs: RunInputs,
 ) -> dict[str, Any]:
     return _clean(
         {
@@ -84,12 +150,16 @@ def _record(
             "shots": shots,
             "seed": seed,
             "model_id": task.model_id,
+            "identity": run_identity(result.config, inputs),
+            "bank": run_identity(result.config, inputs)["bank"],
             "class_names": task.texts.names,
             "config": result.config.model_dump(),
             "health": result.health,
+            **({"probe": result.probe} if result.probe else {}),
             "train_seconds": result.train_seconds,
             "created_at": datetime.now(UTC).isoformat(),
             "complete": True,
+            "data": task.provenance,  # images used per split, shots policy, shared prompts
             **metrics,
         }
     )
@@ -128,23 +198,22 @@ def few_shot(
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Train and test each config at each (K, seed); `make_task(K, seed)` builds the Task."""
-    cfgs, records = list(cfgs), []
+    cfgs, records = unique_configs(cfgs), []
     for k in shots:
         for seed in seeds:
             seeded = [c.model_copy(update={"seed": seed}) for c in cfgs]
+            task = make_task(k, seed)
+            inputs = inputs_of(task)
 
-            def folder(c: TrainConfig, k: int = k, seed: int = seed) -> Path:
-                return run_dir(Path(runs_root), "few-shot", task_name, c, f"k{k}-s{seed}")
+            def folder(c: TrainConfig, k: int = k, seed: int = seed, i: RunInputs = inputs) -> Path:
+                return run_dir(Path(runs_root), "few-shot", task_name, c, f"k{k}-s{seed}", i)
 
             done, todo = _pending(seeded, folder, force)
             records += done
-            if not todo:
-                continue
-            task = make_task(k, seed)
             for cfg in todo:
                 result = _fit(task, cfg, folder(cfg), progress)
                 metrics = evaluate(result.classifier, task.test, task.texts)
-                rec = _record("few-shot", task, result, k, seed, metrics)
+                rec = _record("few-shot", task, result, k, seed, metrics, inputs)
                 write_json_atomic(rec, folder(cfg) / RESULT_NAME)
                 records.append(rec)
     return records
@@ -163,18 +232,19 @@ def base_to_new(
 ) -> list[dict[str, Any]]:
     """CoCoOp: train on the base classes (first ceil(C/2) labels); test on base and on new, each
     among its own classes; H = 2BN/(B+N). `make_task(seed)` builds the full K-shot Task."""
-    cfgs, records = list(cfgs), []
+    cfgs, records = unique_configs(cfgs), []
     for seed in seeds:
         seeded = [c.model_copy(update={"seed": seed}) for c in cfgs]
+        task = make_task(seed)
+        inputs = inputs_of(task)
 
-        def folder(c: TrainConfig, seed: int = seed) -> Path:
-            return run_dir(Path(runs_root), "base-to-new", task_name, c, f"k{shots}-s{seed}")
+        def folder(c: TrainConfig, seed: int = seed, i: RunInputs = inputs) -> Path:
+            return run_dir(Path(runs_root), "base-to-new", task_name, c, f"k{shots}-s{seed}", i)
 
         done, todo = _pending(seeded, folder, force)
         records += done
         if not todo:
             continue
-        task = make_task(seed)
         base_ids, new_ids = base_new_classes(len(task.texts.names))
         base_task = subset_task(task, base_ids, "base")
         new_task = subset_task(task, new_ids, "new")
@@ -193,7 +263,7 @@ def base_to_new(
                 "new_metrics": new_m,
                 "base_classes": base_task.texts.names,
             }
-            rec = _record("base-to-new", task, result, shots, seed, metrics)
+            rec = _record("base-to-new", task, result, shots, seed, metrics, inputs)
             write_json_atomic(rec, folder(cfg) / RESULT_NAME)
             records.append(rec)
     return records
@@ -214,18 +284,19 @@ def transfer(
 ) -> list[dict[str, Any]]:
     """Cross-dataset and domain generalisation: train on the source Task, then test on each
     target's test images among the target's own classes (`protocol` names which)."""
-    cfgs, records = list(cfgs), []
+    cfgs, records = unique_configs(cfgs), []
     for seed in seeds:
         seeded = [c.model_copy(update={"seed": seed}) for c in cfgs]
+        source = make_source(seed)
+        inputs = inputs_of(source, targets=sorted(targets))
 
-        def folder(c: TrainConfig, seed: int = seed) -> Path:
-            return run_dir(Path(runs_root), protocol, source_name, c, f"k{shots}-s{seed}")
+        def folder(c: TrainConfig, seed: int = seed, i: RunInputs = inputs) -> Path:
+            return run_dir(Path(runs_root), protocol, source_name, c, f"k{shots}-s{seed}", i)
 
         done, todo = _pending(seeded, folder, force)
         records += done
         if not todo:
             continue
-        source = make_source(seed)
         loaded = {name: make() for name, make in targets.items()}
         for cfg in todo:
             result = _fit(source, cfg, folder(cfg), progress)
@@ -236,8 +307,13 @@ def transfer(
                     per_target[name] = {"acc1": float("nan")}
                 else:
                     per_target[name] = evaluate(result.classifier, target.test, target.texts)
-            metrics = {**per_target["source"], "targets": per_target}
-            rec = _record(protocol, source, result, shots, seed, metrics)
+                per_target[name]["data"] = target.provenance
+            metrics = {
+                **per_target["source"],
+                "targets": per_target,
+                "target_banks": {n: bank_identity(t.texts) for n, t in loaded.items()},
+            }
+            rec = _record(protocol, source, result, shots, seed, metrics, inputs)
             write_json_atomic(rec, folder(cfg) / RESULT_NAME)
             records.append(rec)
     return records

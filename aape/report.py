@@ -1,18 +1,21 @@
-"""Aggregate run JSONs into tables (Markdown + CSV, mean and std over seeds) and PNG plots."""
+"""Aggregate run JSONs into tables (Markdown + CSV, mean and std over seeds) and PNG plots, and
+export them as CLIP_benchmark result JSONs (`<out>/clip_benchmark/`, for `clip_benchmark build`)."""
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from aape.clip_benchmark_export import EXPORT_DIR, write_clip_benchmark
 from aape.evaluate import average_row
-from aape.protocols import RESULT_NAME
+from aape.protocols import QUARANTINE_FIX, RESULT_NAME
 from prompt_banks.atomic import atomic_path, write_text_atomic
+from prompt_banks.json_files import read_json
+from prompt_banks.schema import stable_hash
 
 # The headline metrics of each protocol, in table order.
 PROTOCOL_METRICS = {
@@ -25,7 +28,7 @@ DEFAULT_METRICS = ("acc1",)
 def load_records(runs_root: str | Path) -> list[dict[str, Any]]:
     records = []
     for path in sorted(Path(runs_root).rglob(RESULT_NAME)):
-        rec = json.loads(path.read_text(encoding="utf-8"))
+        rec = read_json(path, "runs", QUARANTINE_FIX)
         if rec.get("complete"):
             rec["_path"] = str(path.parent)
             records.append(rec)
@@ -60,11 +63,29 @@ def _metric(rec: dict[str, Any], name: str) -> float:
     return float("nan") if v is None else float(v)
 
 
-def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (protocol, task, method, shots): mean and std over seeds, in percent."""
-    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+def method_labels(records: list[dict[str, Any]]) -> list[str]:
+    """Each record's method as tables show it: the tag, `@<bank domain>` for a method that read
+    a store's bank, and the identity hash where two settings would otherwise share a label."""
+    labels = []
     for rec in records:
-        groups[(rec["protocol"], rec["task"], rec["method"], rec["shots"])].append(rec)
+        bank = rec.get("bank") or {}
+        labels.append(rec["method"] + (f"@{bank['domain']}" if bank.get("domain") else ""))
+    settings: dict[tuple, set[str]] = defaultdict(set)
+    idents = [stable_hash(rec["identity"])[:8] if rec.get("identity") else "" for rec in records]
+    for rec, label, ident in zip(records, labels, idents, strict=True):
+        settings[(rec["protocol"], rec["task"], label)].add(ident)
+    return [
+        f"{label}-{ident}" if len(settings[(rec["protocol"], rec["task"], label)]) > 1 else label
+        for rec, label, ident in zip(records, labels, idents, strict=True)
+    ]
+
+
+def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (protocol, task, method setting, shots): mean and std over seeds, in percent
+    (a method with two banks or two configs is two rows, see `method_labels`)."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for rec, label in zip(records, method_labels(records), strict=True):
+        groups[(rec["protocol"], rec["task"], label, rec["shots"])].append(rec)
     rows = []
     for (protocol, task, method, shots), recs in sorted(groups.items()):
         row: dict[str, Any] = {
@@ -80,6 +101,9 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for health in ("teacher_acc", "student_acc"):
             mean, _ = _mean_std([100 * r["health"].get(health, float("nan")) for r in recs])
             row[health] = mean
+        short = {k for r in recs for k in (r.get("data") or {}).get("short_classes") or {}}
+        if short:  # trained under --shots-policy all-available on fewer than `shots` images
+            row["short_classes"] = len(short)
         rows.append(row)
     for method in sorted({r["method"] for r in rows if r["protocol"] == "base-to-new"}):
         per_task = [r for r in rows if r["protocol"] == "base-to-new" and r["method"] == method]
@@ -121,7 +145,10 @@ def markdown(rows: list[dict[str, Any]], plots: list[Path] | None = None) -> str
         head = ["task", "method", "shots", "seeds", *metrics, "teacher_acc", "student_acc"]
         out += [f"## {protocol}", "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
         for r in (r for r in rows if r["protocol"] == protocol):
-            cells = [r["task"], r["method"], str(r["shots"]), str(r["seeds"])]
+            shots = str(r["shots"])
+            if r.get("short_classes"):
+                shots += f" (all-available, {r['short_classes']} short)"
+            cells = [r["task"], r["method"], shots, str(r["seeds"])]
             cells += [_fmt(r.get(f"{m}_mean"), r.get(f"{m}_std")) for m in metrics]
             cells += [_fmt(r.get("teacher_acc")), _fmt(r.get("student_acc"))]
             out.append("| " + " | ".join(cells) + " |")
@@ -129,6 +156,25 @@ def markdown(rows: list[dict[str, Any]], plots: list[Path] | None = None) -> str
     for plot in plots or []:
         out += [f"![{plot.stem}]({plot.name})", ""]
     return "\n".join(out)
+
+
+def probe_section(records: list[dict[str, Any]]) -> list[str]:
+    """What the linear probes swept: the C grid, where C was chosen, and the C of each run."""
+    probes = [r for r in records if r.get("probe")]
+    if not probes:
+        return []
+    out = ["## Linear probe: regularisation sweep", ""]
+    for grid, on in sorted({(str(r["probe"]["grid"]), r["probe"]["selected_on"]) for r in probes}):
+        out.append(f"- C grid {grid}, then bisections in log10 C around the best; chosen on: {on}")
+    out += ["", "| protocol | task | shots | seed | C tried | C chosen | its score (%) |"]
+    out.append("|" + " --- |" * 7)
+    for r in sorted(probes, key=lambda r: (r["protocol"], r["task"], r["shots"], r["seed"])):
+        p = r["probe"]
+        score = dict(map(tuple, p["tried"])).get(p["C"])
+        cells = [r["protocol"], r["task"], str(r["shots"]), str(r["seed"]), str(len(p["tried"]))]
+        cells += [f"{p['C']:.3g}", _fmt(None if score is None else 100 * score)]
+        out.append("| " + " | ".join(cells) + " |")
+    return [*out, ""]
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
@@ -184,7 +230,8 @@ def plot_per_class(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     paths = []
-    few = [r for r in records if r["protocol"] == "few-shot" and r.get("per_class_recall")]
+    labelled = [{**r, "method": m} for r, m in zip(records, method_labels(records), strict=True)]
+    few = [r for r in labelled if r["protocol"] == "few-shot" and r.get("per_class_recall")]
     for task in sorted({r["task"] for r in few}):
         recs = [r for r in few if r["task"] == task]
         k = max(r["shots"] for r in recs)
@@ -222,13 +269,16 @@ def save_figure(fig: Any, path: Path) -> Path:
 
 
 def write_report(runs_root: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
-    """report.md, results.csv and PNG plots for every complete run under `runs_root`."""
+    """report.md, results.csv, PNG plots and CLIP_benchmark JSONs (`clip_benchmark/`) for every
+    complete run under `runs_root`."""
     out = Path(out_dir) if out_dir is not None else Path(runs_root) / "report"
     records = load_records(runs_root)
     rows = aggregate(records)
     plots = plot_accuracy_vs_shots(rows, out) + plot_per_class(records, out)
     paths = {"markdown": out / "report.md", "csv": out / "results.csv"}
     out.mkdir(parents=True, exist_ok=True)
-    for key, text in (("markdown", markdown(rows, plots)), ("csv", to_csv(rows))):
+    md = markdown(rows, plots) + "\n" + "\n".join(probe_section(records))
+    for key, text in (("markdown", md), ("csv", to_csv(rows))):
         write_text_atomic(text, paths[key])
-    return {**paths, **{p.stem: p for p in plots}}
+    write_clip_benchmark(records, out / EXPORT_DIR)
+    return {**paths, "clip_benchmark": out / EXPORT_DIR, **{p.stem: p for p in plots}}

@@ -8,11 +8,12 @@ the run saves (atomically) and resumes exactly where it stopped.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from aape.baselines import Classifier, LinearProbe, TextClassifier, train_linear_probe
-from aape.config import TrainConfig
+from aape.bank_quality import PrunedClassifier, prune_bank
+from aape.baselines import Classifier, TextClassifier, train_linear_probe
+from aape.config import BANK_METHODS, TrainConfig
 from aape.data import ClassTexts, FeatureSet, Task
 from aape.model import AAPE, class_embeddings
 from aape.updates import Updates, flush_denormals, training_threads
@@ -59,6 +61,7 @@ class TrainResult:
     bank_means: torch.Tensor | None = None  # [C, d] of the training classes, when a bank exists
     history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
     health: dict[str, float] = field(default_factory=dict)  # teacher_acc, student_acc, ...
+    probe: dict[str, Any] | None = None  # linear probe: the C swept, the scores, the C chosen
     train_seconds: float = 0.0
     epochs_done: int = 0
     checkpoint: Path | None = None
@@ -197,14 +200,42 @@ def health_metrics(
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Serialise in memory first: torch.save reports a failed file write (a full disk) as a
+    # RuntimeError with no errno, while a plain write raises the OSError that says what happened.
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        tmp.write_bytes(buffer.getbuffer())
+
+
+def checkpoint_state(
+    cfg: TrainConfig,
+    epoch: int,
+    seconds: float,
+    model: torch.nn.Module,
+    updates: Updates,
+    generators: dict[str, torch.Generator],
+    history: list[dict[str, float]],
+    **extra: Any,
+) -> dict[str, Any]:
+    """What a checkpoint holds: config, progress, weights, optimiser and RNG states (CPU
+    tensors), the history, and `extra` (what the run's loader needs)."""
+    return {
+        "config": cfg.model_dump(),
+        "epoch": epoch,
+        "seconds": seconds,
+        "model": model.state_dict(),
+        "optimizers": updates.state_dict(),
+        **{name: g.get_state().cpu() for name, g in generators.items()},
+        "history": history,
+        **extra,
+    }
 
 
 def _check_task(task: Task, cfg: TrainConfig) -> None:
     if len(task.train.labels) == 0:
         raise UserError(f"task {task.name}: the training split is empty; check the dataset/shots")
-    needs_bank = cfg.method in ("aape", "cupl")  # the aggregator (training) needs P_c
+    needs_bank = cfg.method in BANK_METHODS  # the aggregator (training) needs P_c
     if needs_bank and task.texts.bank is None:
         raise UserError(
             f"task {task.name}: method {cfg.method} needs a prompt bank; pass --bank-domain "
@@ -221,7 +252,19 @@ def _check_task(task: Task, cfg: TrainConfig) -> None:
             )
 
 
-def train(
+def train(task: Task, cfg: TrainConfig, **options: Any) -> TrainResult:
+    """Train `cfg.method` on `task` (`options`: those of `_train`). With `cfg.prune_margin`, on
+    the bank pruned by the descriptions' margins on the training shots; the classifier then
+    scores its training classes with that bank."""
+    if cfg.prune_margin is None or task.texts.bank is None:
+        return _train(task, cfg, **options)
+    pruned = prune_bank(task.texts, task.train, cfg.prune_margin)
+    result = _train(replace(task, texts=pruned), cfg, **options)
+    result.classifier = PrunedClassifier(result.classifier, pruned)
+    return result
+
+
+def _train(
     task: Task,
     cfg: TrainConfig,
     *,
@@ -243,11 +286,12 @@ def train(
         return TrainResult(cfg, TextClassifier(kind, cfg.tau), bank_means=bank_means, **base)
     if cfg.method == "linear_probe":
         start = time.perf_counter()
-        probe: LinearProbe = train_linear_probe(task.train, task.texts, cfg)
+        probe, sweep = train_linear_probe(task.train, task.texts, cfg, val=task.val)
         return TrainResult(
             cfg,
             probe,
             bank_means=bank_means,
+            probe=sweep or None,
             train_seconds=time.perf_counter() - start,
             epochs_done=cfg.epochs or 0,
             **base,
@@ -292,24 +336,12 @@ def train(
     def save(epoch: int, seconds: float) -> None:
         if ckpt_path is None:
             return
-        save_atomic(
-            {
-                "config": cfg.model_dump(),
-                "epoch": epoch,
-                "seconds": seconds,
-                "model": model.state_dict(),
-                "optimizers": updates.state_dict(),
-                "gen": gen.get_state(),
-                "agg_gen": agg_gen.get_state().cpu(),
-                "history": history,
-                "class_names": list(texts.names),
-                "model_id": task.model_id,
-                "dim": texts.dim,
-                "task": task.name,
-                "bank_means": bank_means,
-            },
-            ckpt_path,
-        )
+        state = checkpoint_state(
+            cfg, epoch, seconds, model, updates, {"gen": gen, "agg_gen": agg_gen}, history,
+            class_names=list(texts.names), model_id=task.model_id, dim=texts.dim,
+            task=task.name, bank_means=bank_means,
+        )  # fmt: skip
+        save_atomic(state, ckpt_path)
 
     model.train()
     seconds, epochs_done, health = run_epochs(

@@ -25,7 +25,8 @@ from pathlib import Path
 import httpx
 
 from prompt_banks.backends import make_backend
-from prompt_banks.generate import generate_bank, user_message
+from prompt_banks.generate import generate_bank
+from prompt_banks.generate_plan import user_message
 from prompt_banks.spec import bundled_spec_path, load_spec, render_question
 from prompt_banks.store import BankStore
 

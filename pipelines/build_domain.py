@@ -1,8 +1,10 @@
 """Flow `build_domain`: one domain spec and one dataset, end to end.
 
-generate_descriptions -> embed_bank -> extract_features -> train -> evaluate, each a subflow
-(its own run in the UI, named after what it ran). Every stage skips what its store already
-holds, so a re-run with nothing new computes nothing and finishes in seconds.
+generate_descriptions -> embed_bank -> extract_features -> bank_quality -> train -> evaluate,
+each a subflow (its own run in the UI, named after what it ran). Every stage skips what its
+store already holds, so a re-run with nothing new computes nothing and finishes in seconds. A
+stage that fails (no LLM answering, too many failed rows) fails the run before the later stages
+start.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
+from pipelines.bank_quality import bank_quality
 from pipelines.common import short_model
 from pipelines.embed import embed_bank
 from pipelines.evaluate import evaluate
 from pipelines.features import extract_features
 from pipelines.generate import generate_descriptions
 from pipelines.params import (
+    BankQualityParams,
     BuildDomainParams,
     EmbedParams,
     EvaluateParams,
@@ -54,7 +58,13 @@ def build_domain(params: BuildDomainParams, ray_address: str | None = None) -> d
     }
     if params.generate:
         out["generate"] = generate_descriptions(
-            GenerateParams(spec=params.spec, llm=params.llm, progress=params.progress, **common)
+            GenerateParams(
+                spec=params.spec,
+                llm=params.llm,
+                max_failed_share=params.max_failed_share,
+                progress=params.progress,
+                **common,
+            )
         )
     out["embed"] = embed_bank.with_options(task_runner=make_task_runner(ray_address))(
         EmbedParams(domain=spec.domain, clip=clip, **common)
@@ -69,6 +79,9 @@ def build_domain(params: BuildDomainParams, ray_address: str | None = None) -> d
     }
     out["features"] = extract_features.with_options(task_runner=make_task_runner(ray_address))(
         FeatureParams(shots=max(params.shots), seeds=params.seeds, **sizing)
+    )
+    out["bank_quality"] = bank_quality(
+        BankQualityParams(domain=spec.domain, shots=params.shots[0], seed=params.seeds[0], **sizing)
     )
     if params.train:
         out["train"] = train(

@@ -1,5 +1,6 @@
 """Every flow, importable from one place (the entrypoints of infra/prefect/prefect.yaml)."""
 
+from pipelines.bank_quality import bank_quality
 from pipelines.build_domain import build_domain
 from pipelines.captioning import captioning
 from pipelines.embed import embed_bank
@@ -10,6 +11,7 @@ from pipelines.retrieval import retrieval
 from pipelines.train import train
 
 __all__ = [
+    "bank_quality",
     "build_domain",
     "captioning",
     "embed_bank",

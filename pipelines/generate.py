@@ -26,6 +26,7 @@ from prompt_banks.backends import make_backend, resolve_settings
 from prompt_banks.backends.base import CompletionRequest
 from prompt_banks.errors import UserError
 from prompt_banks.generate import generate_bank
+from prompt_banks.generate_report import check_failed_share
 from prompt_banks.paths import banks_dir
 from prompt_banks.spec import LLMSettings
 from prompt_banks.store import BankStore
@@ -91,6 +92,14 @@ def generate_task(params: GenerateParams) -> dict[str, Any]:
             progress=params.progress,
             call=guarded(backend.complete, limit),
         )
+    # Too many failed rows fail the task (a UserError: retrying would ask nothing, since the
+    # failed rows are stored) and with it the flow, with the counts and reasons as its message.
+    check_failed_share(
+        report,
+        params.max_failed_share,
+        again="a run with retry_failed=true",
+        setting="max_failed_share",
+    )
     return {**report.__dict__, "llm_limit": limit, "summary": report.summary()}
 
 
@@ -103,5 +112,7 @@ def _run_name() -> str:
 
 @flow(name="generate_descriptions", flow_run_name=_run_name)
 def generate_descriptions(params: GenerateParams) -> dict[str, Any]:
-    """Ask the spec's LLM for every description the store lacks; failures are stored as rows."""
+    """Ask the spec's LLM for every description the store lacks; failures are stored as rows.
+    Ends Failed when no LLM answers (before any request) or when more than
+    `params.max_failed_share` of the rows asked for failed."""
     return generate_task(params)

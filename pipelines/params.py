@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from aape.config import TrainConfig
+from prompt_banks.generate_report import DEFAULT_MAX_FAILED_SHARE
 from prompt_banks.spec import CLIPSettings, DomainSpec, bundled_spec_path, load_spec
 
 # The baselines every evaluation reports beside AAPE (aape.config.Method).
@@ -42,6 +43,8 @@ class GenerateParams(_Params):
     limit_classes: int | None = Field(None, ge=1)  # only the first N classes (smoke runs)
     # LLMSettings fields that override the spec's (backend, base_url, model, concurrency, ...).
     llm: dict[str, Any] = Field(default_factory=dict)
+    # The run fails when more than this share of the rows it asked for failed.
+    max_failed_share: float = Field(DEFAULT_MAX_FAILED_SHARE, ge=0, le=1)
     progress: bool = True
 
 
@@ -78,6 +81,17 @@ class TrainParams(_Params):
     progress: bool = True
 
 
+class BankQualityParams(_Params):
+    dataset: str
+    domain: str
+    data_root: str | None = None
+    clip: CLIPSettings = CLIPSettings()
+    shots: int = Field(16, ge=1)  # the training images the margins are measured on
+    seed: int = 1
+    n_views: int = Field(16, ge=0)
+    max_eval_images: int | None = Field(None, ge=1)
+
+
 class EvaluateParams(_Params):
     dataset: str
     domain: str
@@ -101,6 +115,7 @@ class BuildDomainParams(_Params):
     data_root: str | None = None
     clip: CLIPSettings | None = None  # None: the spec's CLIP
     llm: dict[str, Any] = Field(default_factory=dict)
+    max_failed_share: float = Field(DEFAULT_MAX_FAILED_SHARE, ge=0, le=1)  # of generated rows
     shots: tuple[int, ...] = (16,)
     seeds: tuple[int, ...] = (1,)
     n_views: int = Field(16, ge=0)

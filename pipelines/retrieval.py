@@ -46,6 +46,7 @@ class RetrievalParams(BaseModel):
     config: RetrievalConfig = RetrievalConfig()
     lambda0_baseline: bool = True  # also train lambda = 0, the same config otherwise
     n_views: int = Field(0, ge=0)  # augmented views per training image
+    max_missing: int = Field(0, ge=0)  # missing/unreadable images left out (0: any fails)
     out: str | None = None  # results folder (default: <home>/runs/retrieval/flow-<train>)
     progress: bool = False
 
@@ -70,6 +71,7 @@ def embed(dataset: str, params: RetrievalParams) -> dict[str, Any]:
         clip_ref(params.clip),
         home=params.home,
         n_views=params.n_views,
+        max_missing=params.max_missing,
         progress=params.progress,
     )
 

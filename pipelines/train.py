@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from aape.artifact import export_artifact
-from aape.protocols import run_dir
+from aape.protocols import inputs_of, run_dir
 from aape.tasks import load_task
 from aape.train import train as train_model
 from pipelines.common import clip_ref, shared_clip, short_model
@@ -63,6 +63,7 @@ def train_and_export(params: TrainParams) -> dict[str, Any]:
         task.name,
         cfg,
         f"k{params.shots}-s{params.seed}",
+        inputs_of(task),
     )
     result = train_model(task, cfg, checkpoint_dir=folder, progress=params.progress)
     out = export_artifact(result, artifact_dir(params, task.name), clip_ref=clip_ref(params.clip))

@@ -49,9 +49,11 @@ def atomic_path(path: str | os.PathLike[str], *, fsync: bool = False) -> Iterato
             finally:
                 os.close(fd)
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(final)  # a failed write (a full disk) names the file it was for
         raise
 
 

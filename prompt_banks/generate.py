@@ -1,12 +1,17 @@
 """Generating a prompt bank: every (class, question, sample) asked once, cleaned, stored.
 
-How it stays correct when runs are killed, retried or extended:
+How it stays correct when runs are killed, retried, extended or run twice at once:
 - Each sample is a row with a key (class, question, sample index, model, sampling params). A key
   already stored as ok or dropped is never asked again; a failed one only with `retry_failed`.
-- A class is worked in rounds: the missing samples first, then (bounded) extra samples when
-  cleaning dropped some. Each round is cleaned as a whole, in (question, sample) order, and its
-  rows reach the store together, so a restart sees either all of a round or none of it. The next
-  round is a pure function of what is stored; a killed run, restarted, ends with the same rows.
+- A class is worked in rounds (prompt_banks.generate_plan): the missing samples first, then
+  (bounded) extra samples when cleaning dropped some. Each round is cleaned as a whole, in
+  (question, sample) order, and its rows reach the store together, so a restart sees either all
+  of a round or none of it. The next round is a pure function of what is stored; a killed run,
+  restarted, ends with the same rows.
+- A class is worked under a lease (prompt_banks.leases) kept in `<store>/leases/<domain>`, held
+  until its rows are stored: a second run on the domain skips the classes the first one holds,
+  and rechecks each in the store once its lease is released or has expired (a killed run).
+- Before the first request the backend's preflight fails fast when nothing can answer.
 - Requests run on a thread pool of `concurrency` workers. `call` (by default `backend.complete`)
   is the single attempt a caller may wrap (a global rate limit, say); retries with exponential
   backoff and jitter wrap it here. 401/403/404 stop the run at once.
@@ -14,14 +19,13 @@ How it stays correct when runs are killed, retried or extended:
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -34,15 +38,19 @@ from prompt_banks.backends.base import (
     TransientLLMError,
 )
 from prompt_banks.cleaning import Deduplicator, clean_answer
-from prompt_banks.schema import description_row_key
-from prompt_banks.spec import ClassSpec, DomainSpec, render_question
+from prompt_banks.errors import UserError
+from prompt_banks.generate_plan import ClassPlanner, WorkItem
+from prompt_banks.generate_report import GenerateReport
+from prompt_banks.leases import Leases
+from prompt_banks.paths import join
+from prompt_banks.spec import ClassSpec, DomainSpec
 from prompt_banks.store import BankStore
 
 log = logging.getLogger(__name__)
 
 Call = Callable[[CompletionRequest], list[str]]
-# How n samples map to rows, recorded in llm_params: the seed of sample i is seed + i.
-SAMPLING = "one row per sample; sample i uses seed + i"
+# A run killed with -9 holds its classes this long; a live run renews its leases every third.
+DEFAULT_LEASE_TTL_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -60,40 +68,6 @@ class RetryPolicy:
         return base / 2 + random.uniform(0, base / 2)
 
 
-@dataclass(frozen=True)
-class WorkItem:
-    """One request: consecutive samples of one (class, question)."""
-
-    class_name: str  # canonical
-    question_index: int
-    question: str
-    sample_indices: tuple[int, ...]
-    row_keys: tuple[str, ...]
-    llm_params: str
-    request: CompletionRequest
-
-
-@dataclass
-class GenerateReport:
-    domain: str
-    classes: int = 0
-    rows_written: int = 0
-    ok: int = 0
-    dropped: int = 0
-    failed: int = 0
-    calls: int = 0  # attempts of `call`, retries included
-    seconds: float = 0.0
-    drop_reasons: dict[str, int] = field(default_factory=dict)
-
-    def summary(self) -> str:
-        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.drop_reasons.items())) or "none"
-        return (
-            f"{self.domain}: {self.classes} classes, {self.rows_written} rows written "
-            f"({self.ok} ok, {self.dropped} dropped, {self.failed} failed), {self.calls} calls, "
-            f"{self.seconds:.1f} s; dropped because: {reasons}"
-        )
-
-
 @dataclass
 class _Outcome:
     item: WorkItem
@@ -102,153 +76,25 @@ class _Outcome:
     attempts: int
 
 
-def class_hint(cls: ClassSpec) -> str:
-    """What the spec adds to a question about this class: its aliases and its hint."""
-    parts = []
-    if cls.aliases:
-        parts.append("also called " + ", ".join(cls.aliases))
-    if cls.hint:
-        parts.append(cls.hint)
-    return "; ".join(parts)
-
-
-def user_message(cls: ClassSpec, question: str) -> str:
-    """The message sent for a rendered question: "How can you identify a crane? (the bird)"."""
-    hint = class_hint(cls)
-    return f"{question} ({hint})" if hint else question
-
-
-class _ClassPlanner:
-    """Row keys and rounds of one class, decided from the known status of each key."""
-
-    def __init__(self, spec: DomainSpec, cls: ClassSpec, model_id: str, key_params: dict[str, Any]):
-        self.spec, self.cls = spec, cls
-        self.model_id = model_id
-        self.questions = [render_question(q, cls.name) for q in spec.questions]
-        params: dict[str, Any] = {
-            "temperature": spec.temperature,
-            "max_tokens": spec.max_tokens,
-            "stop": list(spec.stop),
-            "seed": spec.seed,
-            "sampling": SAMPLING,
-            "system_prompt": spec.system_prompt,
-            **key_params,
-        }
-        hint = self._hint()
-        if hint:
-            params["hint"] = hint
-        self.llm_params = json.dumps(params, sort_keys=True, ensure_ascii=False)
-        self.cap = spec.samples_per_question + spec.max_extra_samples_per_question
-        self._keys = [
-            [self._key(qi, i) for i in range(self.cap)] for qi in range(len(self.questions))
-        ]
-
-    def _hint(self) -> str:
-        return class_hint(self.cls)
-
-    def _key(self, qi: int, i: int) -> str:
-        return description_row_key(
-            domain=self.spec.domain,
-            class_name=self.cls.canonical,
-            source="llm",
-            question=self.questions[qi],
-            sample_index=i,
-            llm_model=self.model_id,
-            llm_params=self.llm_params,
-        )
-
-    def key(self, qi: int, i: int) -> str:
-        return self._keys[qi][i]
-
-    def first_round(self, status: dict[str, str], retry_failed: bool) -> list[tuple[int, int]]:
-        if retry_failed:
-            return [
-                (qi, i)
-                for qi in range(len(self.questions))
-                for i in range(self.cap)
-                if status.get(self._keys[qi][i]) == "failed"
-            ]
-        n = self.spec.samples_per_question
-        return [
-            (qi, i)
-            for qi in range(len(self.questions))
-            for i in range(n)
-            if self._keys[qi][i] not in status
-        ]
-
-    def top_up(self, status: dict[str, str]) -> list[tuple[int, int]]:
-        """Extra samples for answers that cleaning dropped (failures are retried, not replaced),
-        spread over the questions that have the fewest samples, at most `cap` per question."""
-        counts = {"ok": 0, "failed": 0}
-        free: list[list[int]] = []
-        for row in self._keys:
-            free.append([i for i, k in enumerate(row) if k not in status])
-            for k in row:
-                if status.get(k) in counts:
-                    counts[status[k]] += 1
-        shortfall = self.spec.target_per_class - counts["ok"] - counts["failed"]
-        picks: list[tuple[int, int]] = []
-        used = [self.cap - len(f) for f in free]
-        for _ in range(max(0, shortfall)):
-            open_q = [qi for qi in range(len(free)) if free[qi]]
-            if not open_q:
-                break
-            qi = min(open_q, key=lambda q: (used[q], q))
-            picks.append((qi, free[qi].pop(0)))
-            used[qi] += 1
-        return picks
-
-    def items(self, picks: list[tuple[int, int]], max_n: int) -> list[WorkItem]:
-        """Requests for the picks: runs of consecutive sample indices, at most max_n each."""
-        by_q: dict[int, list[int]] = {}
-        for qi, i in sorted(picks):
-            by_q.setdefault(qi, []).append(i)
-        items = []
-        for qi, indices in by_q.items():
-            runs: list[list[int]] = []
-            for i in indices:
-                if runs and i == runs[-1][-1] + 1 and len(runs[-1]) < max_n:
-                    runs[-1].append(i)
-                else:
-                    runs.append([i])
-            for run in runs:
-                user = user_message(self.cls, self.questions[qi])
-                items.append(
-                    WorkItem(
-                        class_name=self.cls.canonical,
-                        question_index=qi,
-                        question=self.questions[qi],
-                        sample_indices=tuple(run),
-                        row_keys=tuple(self._keys[qi][i] for i in run),
-                        llm_params=self.llm_params,
-                        request=CompletionRequest(
-                            user=user,
-                            system=self.spec.system_prompt or None,
-                            n=len(run),
-                            seed=self.spec.seed + run[0],
-                            temperature=self.spec.temperature,
-                            max_tokens=self.spec.max_tokens,
-                            stop=self.spec.stop,
-                        ),
-                    )
-                )
-        return items
-
-
-def _stored_state(store: BankStore, domain: str) -> tuple[dict[str, str], dict[str, list[str]]]:
-    """Status of every stored key of the domain, and the clean texts of its ok rows by class."""
+def _stored_state(
+    store: BankStore, domain: str, class_name: str | None = None
+) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Status of every stored key of the domain (or of one class of it), and the clean texts of
+    its ok rows by class."""
     # The store's view keeps the newest row per key, so a retried failure reads as its outcome.
+    sql = "SELECT row_key, class_name, status, clean_text FROM descriptions WHERE domain = ?"
+    params = [domain]
+    if class_name is not None:
+        sql += " AND class_name = ?"
+        params.append(class_name)
     status: dict[str, str] = {}
     ok_texts: dict[str, list[str]] = {}
     with store.connect() as con:
-        rows = con.execute(
-            "SELECT row_key, class_name, status, clean_text FROM descriptions WHERE domain = ?",
-            [domain],
-        ).fetchall()
-    for key, class_name, st, text in rows:
+        rows = con.execute(sql, params).fetchall()
+    for key, name, st, text in rows:
         status[key] = st
         if st == "ok" and text:
-            ok_texts.setdefault(class_name, []).append(text)
+            ok_texts.setdefault(name, []).append(text)
     return status, ok_texts
 
 
@@ -321,6 +167,179 @@ def _round_rows(
     return rows
 
 
+class _Run:
+    """One call of generate_bank: the classes leased and in flight, their rounds, the rows."""
+
+    def __init__(
+        self,
+        spec: DomainSpec,
+        store: BankStore,
+        backend: LLMBackend,
+        call: Call,
+        retry: RetryPolicy,
+        concurrency: int,
+        retry_failed: bool,
+    ) -> None:
+        self.spec, self.store, self.backend = spec, store, backend
+        self.call, self.retry, self.retry_failed = call, retry, retry_failed
+        self.concurrency = concurrency
+        # Classes leased at once: enough to keep every worker busy, few enough to leave the
+        # other classes to a second run.
+        self.window = 2 * concurrency
+        self.stop = threading.Event()
+        self.futures: dict[Future[_Outcome], str] = {}
+        self.pending: dict[str, list[_Outcome]] = {}
+        self.outstanding: dict[str, int] = {}
+        self.dedups: dict[str, Deduplicator] = {}
+        self.active: set[str] = set()  # leased, with a round in flight
+        self.unreleased: list[str] = []  # finished; leased until their rows are stored
+        self.busy_until: dict[str, float] = {}  # leased by another run: look again after this
+        self.buffer: list[dict[str, Any]] = []
+        self.last_flush = time.monotonic()
+
+    def go(
+        self,
+        classes: tuple[ClassSpec, ...],
+        *,
+        progress: bool,
+        flush_rows: int,
+        flush_seconds: float,
+        lease_ttl_s: float,
+    ) -> GenerateReport:
+        spec, backend = self.spec, self.backend
+        self.report = report = GenerateReport(domain=spec.domain, classes=len(classes))
+        self.start = time.monotonic()
+        self.status, self.ok_texts = _stored_state(self.store, spec.domain)
+        self.planners = {
+            c.canonical: ClassPlanner(spec, c, backend.model_id, backend.key_params)
+            for c in classes
+        }
+        waiting = [n for n, p in self.planners.items() if p.opening(self.status, self.retry_failed)]
+        if waiting:
+            backend.preflight()
+        self.leases = Leases(lease_root(self.store, spec.domain), ttl_s=lease_ttl_s)
+        self.tick = min(1.0, lease_ttl_s / 6)
+        self.bar = tqdm(
+            total=len(classes),
+            initial=len(classes) - len(waiting),
+            desc=spec.domain,
+            unit="class",
+            disable=not progress,
+        )
+        self.pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="llm")
+        try:
+            while waiting or self.futures:
+                self._take(waiting)
+                if not self.futures:
+                    self._flush()  # and release what this run finished
+                    if waiting:  # every class left is leased by another run
+                        self.stop.wait(self.tick)
+                    continue
+                done, _ = wait(list(self.futures), timeout=self.tick, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    self._collect(fut)
+                self.leases.renew_due()
+                if len(self.buffer) >= flush_rows or time.monotonic() - self.last_flush >= (
+                    flush_seconds
+                ):
+                    self._flush()
+            self._flush()
+        except BaseException:
+            # Fatal error or interrupt: keep every finished round, abandon the rest.
+            self.stop.set()
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self._flush()
+            raise
+        finally:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            try:
+                self.leases.release_all()
+            except (OSError, UserError) as exc:  # unreleased leases expire by themselves
+                log.warning("leases: cannot release (%s); they expire in %g s", exc, lease_ttl_s)
+            self.bar.close()
+            report.seconds = time.monotonic() - self.start
+            report.leased_elsewhere = len(self.busy_until)
+        return report
+
+    def _take(self, waiting: list[str]) -> None:
+        """Lease classes of `waiting` and start their first rounds, up to `window` in flight."""
+        now = time.monotonic()
+        for name in list(waiting):
+            if len(self.active) >= self.window:
+                return
+            if self.busy_until.get(name, 0.0) > now:
+                continue
+            planner = self.planners[name]
+            generation = self.leases.take(planner.lease_name, f"{self.spec.domain}/{name}")
+            if generation is None:
+                self.busy_until[name] = now + self.tick
+                continue
+            waiting.remove(name)
+            if generation > 0:  # leased before: another run may have stored rows since
+                status, ok_texts = _stored_state(self.store, self.spec.domain, name)
+                self.status.update(status)
+                self.ok_texts[name] = ok_texts.get(name, [])
+            if self._start_round(name, planner.opening(self.status, self.retry_failed)):
+                self.active.add(name)
+            else:  # another run did it all
+                self.leases.release(planner.lease_name)
+                self._class_done()
+
+    def _start_round(self, name: str, picks: list[tuple[int, int]]) -> bool:
+        items = self.planners[name].items(picks, max(1, self.backend.max_n))
+        if not items:
+            return False
+        self.pending[name], self.outstanding[name] = [], len(items)
+        for item in items:
+            fut = self.pool.submit(_attempt, self.call, item, self.retry, self.stop)
+            self.futures[fut] = name
+        return True
+
+    def _collect(self, fut: Future[_Outcome]) -> None:
+        name = self.futures.pop(fut)
+        try:
+            outcome = fut.result()  # a FatalLLMError surfaces here
+        except _Stopped:
+            return
+        self.report.calls += outcome.attempts
+        self.pending[name].append(outcome)
+        self.outstanding[name] -= 1
+        if self.outstanding[name]:
+            return
+        planner = self.planners[name]
+        dedup = self.dedups.setdefault(name, Deduplicator(self.ok_texts.get(name, [])))
+        outcomes = self.pending.pop(name)
+        rows = _round_rows(self.spec, planner.cls, self.backend.model_id, outcomes, dedup)
+        for row in rows:
+            self.status[row["row_key"]] = row["status"]
+            self.report.count(row)
+        self.buffer.extend(rows)
+        if not self._start_round(name, planner.top_up(self.status)):
+            self.active.discard(name)
+            self.unreleased.append(name)
+            self._class_done()
+
+    def _class_done(self) -> None:
+        self.bar.update(1)
+        rate = self.report.ok / max(time.monotonic() - self.start, 1e-9)
+        self.bar.set_postfix(rows_per_s=f"{rate:.2f}", failed=self.report.failed, refresh=False)
+
+    def _flush(self) -> None:
+        """Store the buffered rows, then release the classes they finish."""
+        if self.buffer:
+            self.report.rows_written += self.store.append_descriptions(self.buffer)
+            self.buffer.clear()
+        for name in self.unreleased:
+            self.leases.release(self.planners[name].lease_name)
+        self.unreleased.clear()
+        self.last_flush = time.monotonic()
+
+
+def lease_root(store: BankStore, domain: str) -> Any:
+    """Where the class leases of `domain` live in `store` (a folder or a URL)."""
+    return join(store.root, "leases", domain)
+
+
 def generate_bank(
     spec: DomainSpec,
     store: BankStore,
@@ -334,95 +353,20 @@ def generate_bank(
     retry: RetryPolicy | None = None,
     flush_rows: int = 256,
     flush_seconds: float = 10.0,
+    lease_ttl_s: float = DEFAULT_LEASE_TTL_S,
 ) -> GenerateReport:
-    """Ask `backend` for every missing description of `spec` and store the rows in `store`."""
+    """Ask `backend` for every missing description of `spec` and store the rows in `store`.
+
+    When anything is missing, `backend.preflight()` runs first: a UserError before any request
+    when nothing can answer. Other runs on the same store and domain share the work (leases)."""
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
-    call = call or backend.complete
     retry = retry or RetryPolicy(spec.llm.max_retries, spec.llm.backoff_s, spec.llm.max_backoff_s)
-    classes = spec.classes[:limit_classes] if limit_classes else spec.classes
-    report = GenerateReport(domain=spec.domain, classes=len(classes))
-    start = time.monotonic()
-    status, ok_texts = _stored_state(store, spec.domain)
-    planners = {
-        c.canonical: _ClassPlanner(spec, c, backend.model_id, backend.key_params) for c in classes
-    }
-    dedups: dict[str, Deduplicator] = {}
-    pending: dict[str, list[_Outcome]] = {}
-    outstanding: dict[str, int] = {}
-    buffer: list[dict[str, Any]] = []
-    last_flush = time.monotonic()
-    stop = threading.Event()
-    bar = tqdm(total=len(classes), desc=spec.domain, unit="class", disable=not progress)
-
-    def flush() -> None:
-        nonlocal last_flush
-        if buffer:
-            report.rows_written += store.append_descriptions(buffer)
-            buffer.clear()
-        last_flush = time.monotonic()
-
-    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="llm")
-    futures: dict[Future[_Outcome], str] = {}
-
-    def start_round(name: str, picks: list[tuple[int, int]]) -> bool:
-        items = planners[name].items(picks, max(1, backend.max_n))
-        if not items:
-            return False
-        pending[name], outstanding[name] = [], len(items)
-        for item in items:
-            futures[pool.submit(_attempt, call, item, retry, stop)] = name
-        return True
-
-    def class_finished() -> None:
-        bar.update(1)
-        rate = report.ok / max(time.monotonic() - start, 1e-9)
-        bar.set_postfix(rows_per_s=f"{rate:.2f}", failed=report.failed, refresh=False)
-
-    try:
-        for cls in classes:
-            planner = planners[cls.canonical]
-            picks = planner.first_round(status, retry_failed)
-            if not picks and not retry_failed:  # a run killed between two rounds of the class
-                picks = planner.top_up(status)
-            if not start_round(cls.canonical, picks):
-                class_finished()
-        while futures:
-            done, _ = wait(list(futures), return_when=FIRST_COMPLETED)
-            for fut in done:
-                name = futures.pop(fut)
-                try:
-                    outcome = fut.result()  # a FatalLLMError surfaces here
-                except _Stopped:
-                    continue
-                report.calls += outcome.attempts
-                pending[name].append(outcome)
-                outstanding[name] -= 1
-                if outstanding[name]:
-                    continue
-                cls = planners[name].cls
-                dedup = dedups.setdefault(name, Deduplicator(ok_texts.get(name, [])))
-                rows = _round_rows(spec, cls, backend.model_id, pending.pop(name), dedup)
-                for row in rows:
-                    status[row["row_key"]] = row["status"]
-                    setattr(report, row["status"], getattr(report, row["status"]) + 1)
-                    if row["status"] == "dropped":
-                        reason = row["error"].split(" (")[0]
-                        report.drop_reasons[reason] = report.drop_reasons.get(reason, 0) + 1
-                buffer.extend(rows)
-                if not start_round(name, planners[name].top_up(status)):
-                    class_finished()
-            if len(buffer) >= flush_rows or time.monotonic() - last_flush >= flush_seconds:
-                flush()
-        flush()
-    except BaseException:
-        # Fatal error or interrupt: keep every finished round, abandon the rest.
-        stop.set()
-        pool.shutdown(wait=False, cancel_futures=True)
-        flush()
-        raise
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-        bar.close()
-        report.seconds = time.monotonic() - start
-    return report
+    run = _Run(spec, store, backend, call or backend.complete, retry, concurrency, retry_failed)
+    return run.go(
+        spec.classes[:limit_classes] if limit_classes else spec.classes,
+        progress=progress,
+        flush_rows=flush_rows,
+        flush_seconds=flush_seconds,
+        lease_ttl_s=lease_ttl_s,
+    )

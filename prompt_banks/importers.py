@@ -6,7 +6,15 @@ Formats (auto-detected from the content when not given):
   "{class}, which has/is {phrase}" with DCLIP's own rule; a class with no phrase is the bare
   class name, as DCLIP's code does.
 - `clip-benchmark`: CLIP_benchmark's `--custom_template_file`, `{dataset: [template with {c}]}` or
-  `{dataset: {class: [prompt, ...]}}`; the dataset is the domain name (or the only one in the file).
+  `{dataset: {class: [prompt, ...]}}`; the dataset is `--dataset`, else the domain name (or the
+  only one in the file).
+- `clip-benchmark-templates`: its `*_zeroshot_classification_templates.json`, `{dataset:
+  [template with {c}]}`, expanded over a class list (`--classes`, which may be its
+  `*_classnames.json`).
+- `clip-benchmark-classnames`: its `*_classnames.json`, `{dataset: [class name]}`: a class list,
+  not a bank; importing it is refused with the way to use it (`--classes`).
+A `{key: [short phrase, ...]}` file with many phrases per key that is not recognised as either
+is refused rather than guessed to be DCLIP (pass `--format`).
 
 Class names are canonicalised (`text.canonical_class_name`). Two keys of one file that collide
 after that are an error naming both (never merged silently); a reference class list (given, or
@@ -16,22 +24,22 @@ Nothing is written until the whole file has parsed and validated.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prompt_banks import clip_benchmark_files as cbf
 from prompt_banks import schema
 from prompt_banks.atomic import write_json_atomic
 from prompt_banks.errors import UserError
+from prompt_banks.input_files import FORMATS, KNOWN_CLASS_LISTS, load_json
 from prompt_banks.store import BankStore, utc_now
 from prompt_banks.text import canonical_class_name, is_fragment, normalize_whitespace, split_fused
 
-FORMATS = ("cupl", "dclip", "clip-benchmark")
 # A reference list is recognised when this share of the file's classes belongs to it.
 _RECOGNISE_SHARE = 0.95
 # DCLIP descriptors are short noun phrases without a full stop; CuPL answers are sentences.
@@ -41,19 +49,6 @@ _DCLIP_MAX_PERIOD_SHARE = 0.5
 DROP_DUPLICATE = "duplicate"
 DROP_FRAGMENT = "fragment"
 DROP_EMPTY = "empty"
-
-
-def _imagenet_classes() -> list[str]:
-    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
-
-    return list(IMAGENET_CLASSNAMES)
-
-
-# Class lists a file is compared against when none is given: name -> (size, loader). The size
-# lets a file far smaller than the list skip loading it.
-KNOWN_CLASS_LISTS: dict[str, tuple[int, Callable[[], list[str]]]] = {
-    "imagenet": (1000, _imagenet_classes)
-}
 
 
 @dataclass
@@ -102,39 +97,6 @@ class ImportReport:
         return lines
 
 
-class _DuplicateKey(Exception):
-    pass
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # json.load keeps the last of two equal keys silently; that is a collision too.
-    seen: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in seen:
-            raise _DuplicateKey(k)
-        seen[k] = v
-    return seen
-
-
-def load_json(path: str | os.PathLike[str]) -> Any:
-    """A JSON file, or a one-line UserError naming the file and what is wrong with it."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{p}: no such file; pass an existing JSON file")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{p}: cannot read it as UTF-8 text ({exc}); pass a JSON file") from exc
-    try:
-        return json.loads(text, object_pairs_hook=_no_duplicate_keys)
-    except json.JSONDecodeError as exc:
-        raise UserError(
-            f"{p}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); fix the file"
-        ) from exc
-    except _DuplicateKey as exc:
-        raise UserError(f"{p}: key '{exc.args[0]}' appears twice; keep one of them") from exc
-
-
 def _check_class_map(data: Any, where: str) -> dict[str, list[str]]:
     """`data` as {class: [text, ...]}, or a UserError naming the first offending key."""
     if not isinstance(data, dict):
@@ -156,15 +118,25 @@ def _check_class_map(data: Any, where: str) -> dict[str, list[str]]:
     return data
 
 
-def detect_format(data: Any) -> str:
-    """`cupl`, `dclip` or `clip-benchmark`, from the content."""
+def detect_format(data: Any, path: str | os.PathLike[str] = "file") -> str:
+    """One of FORMATS, from the content; a UserError when the content is ambiguous."""
     if isinstance(data, dict) and data:
         values = list(data.values())
         if any(isinstance(v, dict) for v in values):
             return "clip-benchmark"
+        if cbf.is_templates(data):
+            return "clip-benchmark-templates"
+        if cbf.is_classnames(data):
+            return "clip-benchmark-classnames"
         texts = [t for v in values if isinstance(v, list) for t in v if isinstance(t, str)]
         if any("{c}" in t for t in texts):
             return "clip-benchmark"
+        if cbf.looks_like_name_lists(data):
+            raise UserError(
+                f"{path}: {len(texts) / len(data):.0f} short phrases per key look like class-name "
+                f"lists, not DCLIP descriptors; pass --format (dclip, cupl, or "
+                f"clip-benchmark-classnames for a class list)"
+            )
         if texts:
             words = statistics.median(len(t.split()) for t in texts)
             periods = sum(t.rstrip().endswith(".") for t in texts) / len(texts)
@@ -199,9 +171,17 @@ class _Source:
     template_classes: bool = False  # clip-benchmark generic templates (texts hold "{c}")
 
 
-def _parse(data: Any, path: Path, fmt: str, domain: str, classes: Sequence[str] | None) -> _Source:
+def _parse(data: Any, path: Path, fmt: str, dataset: str, classes: Sequence[str] | None) -> _Source:
     if fmt in ("cupl", "dclip"):
         return _Source(_check_class_map(data, str(path)), fmt)
+    if fmt == "clip-benchmark-classnames":
+        raise UserError(
+            f"{path}: a CLIP_benchmark class-name list, not a prompt bank; pass it as --classes "
+            f"{path.name} (with --dataset NAME) when importing a templates file"
+        )
+    if fmt == "clip-benchmark-templates":
+        key, found = cbf.templates(data, dataset, path)
+        return _expand(found, f"{path}[{key}]", fmt, classes)
     if not isinstance(data, dict) or not data:
         raise UserError(f'{path}: expected an object {{"dataset": [...]}} (CLIP_benchmark)')
     values = list(data.values())
@@ -210,23 +190,23 @@ def _parse(data: Any, path: Path, fmt: str, domain: str, classes: Sequence[str] 
     ):
         # {class: [prompt]} without the dataset level is CuPL's layout, which CLIP_benchmark reads.
         return _Source(_check_class_map(data, str(path)), fmt)
-    key = domain if domain in data else (next(iter(data)) if len(data) == 1 else None)
-    if key is None:
-        raise UserError(
-            f"{path}: holds datasets {sorted(data)[:10]}, none named '{domain}'; "
-            f"pass --domain as one of them"
-        )
+    key = cbf.dataset_key(data, dataset, path, "prompts")
     entry = data[key]
     where = f"{path}[{key}]"
     if isinstance(entry, dict):
         return _Source(_check_class_map(entry, where), fmt)
     if not isinstance(entry, list) or not entry or not all(isinstance(t, str) for t in entry):
         raise UserError(f"{where}: expected a non-empty list of templates with {{c}}")
+    return _expand(entry, where, fmt, classes)
+
+
+def _expand(found: list[str], where: str, fmt: str, classes: Sequence[str] | None) -> _Source:
+    """Generic templates over the class list (a name given twice is one class)."""
     if not classes:
         raise UserError(
             f"{where}: holds generic templates with {{c}}; pass --classes FILE to expand them"
         )
-    return _Source({c: list(entry) for c in classes}, fmt, template_classes=True)
+    return _Source({c: list(found) for c in classes}, fmt, template_classes=True)
 
 
 def _apply_renames(
@@ -361,13 +341,15 @@ def import_file(
     fmt: str | None = None,
     rename: Mapping[str, str] | None = None,
     classes: Sequence[str] | None = None,
+    dataset: str | None = None,
 ) -> ImportReport:
     """Import one file into `domain`. Re-importing the same file writes nothing.
 
     `rename` maps a file's class names (exact or canonical) to new ones, e.g. CuPL's names to
     CoOp's. `classes` is the reference class list to report collisions and missing classes
     against (recognised automatically for ImageNet) and the classes that generic
-    CLIP_benchmark templates are expanded over."""
+    CLIP_benchmark templates are expanded over. `dataset` picks the entry of a CLIP_benchmark
+    per-dataset file (default: `domain`, or the file's only dataset)."""
     path = Path(path)
     domain = normalize_whitespace(domain)
     if not domain:
@@ -375,8 +357,8 @@ def import_file(
     if fmt is not None and fmt not in FORMATS:
         raise UserError(f"format: '{fmt}' is not one of {', '.join(FORMATS)}")
     data = load_json(path)
-    fmt = fmt or detect_format(data)
-    source = _parse(data, path, fmt, domain, classes)
+    fmt = fmt or detect_format(data, path)
+    source = _parse(data, path, fmt, dataset or domain, classes)
     renamed, unused = _apply_renames(source.classes, rename)
     source.classes = renamed
     names = list(renamed)
@@ -399,9 +381,7 @@ def import_file(
         dropped.update(class_dropped)
         if any(r["raw_text"] is None for r in class_rows):
             bare.append(raw_name)
-    label, collisions, missing, extra = _compare_reference(
-        names, None if source.template_classes else classes
-    )
+    label, collisions, missing, extra = _compare_reference(names, classes)
     written = store.append_descriptions(rows)
     return ImportReport(
         path=str(path),
@@ -418,35 +398,6 @@ def import_file(
         empty_classes=bare,
         unused_renames=unused,
     )
-
-
-def load_class_list(path: str | os.PathLike[str]) -> list[str]:
-    """A reference class list: a known name (`imagenet`), a JSON list, or one class per line."""
-    if str(path) in KNOWN_CLASS_LISTS:
-        return KNOWN_CLASS_LISTS[str(path)][1]()
-    p = Path(path)
-    if p.suffix == ".json":
-        data = load_json(p)
-        if not isinstance(data, list) or not all(isinstance(c, str) for c in data) or not data:
-            raise UserError(f"{p}: expected a JSON list of class names")
-        return data
-    if not p.is_file():
-        raise UserError(f"{p}: no such file; pass a class list (.json list or one per line)")
-    names = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not names:
-        raise UserError(f"{p}: holds no class names; one class per line")
-    return names
-
-
-def load_rename_map(path: str | os.PathLike[str]) -> dict[str, str]:
-    """A rename mapping file: JSON {"old name": "new name"}."""
-    data = load_json(path)
-    if not isinstance(data, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) and normalize_whitespace(v)
-        for k, v in data.items()
-    ):
-        raise UserError(f'{path}: expected a JSON object {{"old name": "new name"}}')
-    return data
 
 
 def export_cupl(store: BankStore, domain: str, out_path: str | os.PathLike[str]) -> dict[str, int]:

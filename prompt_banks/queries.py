@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import torch
 
 from prompt_banks.errors import UserError
+from prompt_banks.integrity import FIX
 from prompt_banks.store import BankStore
 from prompt_banks.text import canonical_class_name
 
@@ -94,20 +95,30 @@ def _stored_dim(store: BankStore, model_id: str) -> int:
     return dim
 
 
+def shared_bank_names(classes: Sequence[str]) -> dict[str, list[int]]:
+    """Bank class names that several of `classes` bear (canonical name -> their positions).
+
+    The bank is keyed by canonical name, so those classes get the same prompts: ImageNet's two
+    "missile" and two "sunglasses" classes in CLIP's names (CuPL's file has 998 keys for 1000
+    classes), or "Cardigan" (the corgi) and "cardigan" (the sweater) in WordNet's."""
+    positions: dict[str, list[int]] = defaultdict(list)
+    for i, c in enumerate(classes):
+        positions[canonical_class_name(c)].append(i)
+    return {n: ps for n, ps in positions.items() if len(ps) > 1}
+
+
 def bank_tensor(
     store: BankStore, domain: str, classes: Sequence[str], model_id: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The prompt bank of `classes` (in that order) for one CLIP model, as training consumes it:
     `emb` [C, n_max, d] float32 (zero where padded) and `mask` [C, n_max] bool.
 
-    Raises a UserError naming the classes without prompts, or when some prompts of the classes
-    are not embedded for `model_id` yet."""
+    Classes are positions, so a name may come twice: each class that bears a bank name gets that
+    name's prompts (see `shared_bank_names`). Raises a UserError naming the classes without
+    prompts, or when some prompts of the classes are not embedded for `model_id` yet."""
     names = [canonical_class_name(c) for c in classes]
     if not names:
         raise UserError("classes: empty list; pass at least one class")
-    repeated = sorted(n for n, k in Counter(names).items() if k > 1)
-    if repeated:
-        raise UserError(f"classes: {repeated} given twice (after canonicalisation); pass each once")
     dim = _stored_dim(store, model_id)
     with store.connect() as con:
         table = con.sql(
@@ -120,10 +131,10 @@ def bank_tensor(
             f"SELECT u.class_name, e.embedding FROM u LEFT JOIN "
             f"(SELECT text_hash, embedding FROM embeddings WHERE model_id = ?) e USING (text_hash) "
             f"ORDER BY u.class_name, u.pos",
-            params=[domain, names, model_id],
+            params=[domain, sorted(set(names)), model_id],
         ).to_arrow_table()
     found = table.column("class_name").to_pylist()
-    without = [n for n in names if n not in set(found)]
+    without = list(dict.fromkeys(n for n in names if n not in set(found)))
     if without:
         shown = ", ".join(repr(n) for n in without[:10]) + (" ..." if len(without) > 10 else "")
         raise UserError(
@@ -138,9 +149,13 @@ def bank_tensor(
             f"'{domain}' have no embedding for '{model_id}' (e.g. {sorted(missing)[0]!r}); "
             f"run `aape bank embed --domain {domain}` with that model"
         )
-    flat = pc.list_flatten(
-        embedding.combine_chunks() if isinstance(embedding, pa.ChunkedArray) else embedding
-    )
+    vectors_of = embedding.combine_chunks() if isinstance(embedding, pa.ChunkedArray) else embedding
+    if pc.any(pc.not_equal(pc.list_value_length(vectors_of), dim)).as_py():
+        raise UserError(
+            f"store {store.root}: embeddings of '{model_id}' hold vectors whose length is not "
+            f"their dim {dim}; {FIX}"
+        )
+    flat = pc.list_flatten(vectors_of)
     vectors = np.array(flat.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
     counts = Counter(found)
     n_max = max(counts.values())
@@ -202,6 +217,11 @@ def nearest(
     return [{"text": t, "score": float(s)} for t, s in rows]
 
 
+def drop_reason(error: str | None) -> str:
+    """The reason of a dropped row, without its details: "duplicate of sample 3" -> "duplicate"."""
+    return (error or "unspecified").split(" ", 1)[0]
+
+
 def stats(store: BankStore, domain: str) -> dict[str, Any]:
     """JSON-able summary of a domain: rows by status and source, per-class counts, duplicates,
     failed rows grouped by error, and per CLIP model how much is embedded and truncated."""
@@ -248,8 +268,7 @@ def stats(store: BankStore, domain: str) -> dict[str, Any]:
     failed_by_error: dict[str, int] = {}
     for st, error, n in reasons:
         if st == "dropped":
-            # "duplicate of sample 3" -> "duplicate": the reason, not the sample.
-            dropped_by_reason[(error or "unspecified").split(" ", 1)[0]] += int(n)
+            dropped_by_reason[drop_reason(error)] += int(n)
         else:
             failed_by_error[error or "unspecified"] = int(n)
     return {
@@ -284,3 +303,35 @@ def stats(store: BankStore, domain: str) -> dict[str, Any]:
         },
         "per_class": dict(per_class),
     }
+
+
+def hygiene(
+    store: BankStore, domain: str, model_id: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """Per class of a domain: rows by status, the drop reasons, and (for `model_id`, the CLIP
+    whose tokenizer counted them) the texts' mean and max length in tokens and the share that
+    CLIP's context truncated."""
+    _require_domain(store, domain)
+    with store.connect() as con:
+        status = con.execute(
+            "SELECT class_name, status, error, count(*) FROM descriptions WHERE domain = ? "
+            "GROUP BY ALL ORDER BY ALL",
+            [domain],
+        ).fetchall()
+        tokens = con.execute(
+            f"WITH t AS (SELECT DISTINCT class_name, {_TEXT_HASH} AS text_hash "
+            f"  FROM descriptions WHERE domain = ? AND status = 'ok' AND clean_text IS NOT NULL) "
+            f"SELECT t.class_name, avg(e.n_tokens), max(e.n_tokens), avg(e.truncated::INT) "
+            f"FROM t JOIN embeddings e USING (text_hash) WHERE e.model_id = ? GROUP BY 1",
+            [domain, model_id],
+        ).fetchall()
+    out: dict[str, dict[str, Any]] = defaultdict(
+        lambda: {"ok": 0, "dropped": 0, "failed": 0, "drop_reasons": Counter()}
+    )
+    for c, st, error, n in status:
+        out[c][st] += int(n)
+        if st == "dropped":
+            out[c]["drop_reasons"][drop_reason(error)] += int(n)
+    for c, mean, mx, truncated in tokens:
+        out[c].update(tokens_mean=float(mean), tokens_max=int(mx), truncated_share=float(truncated))
+    return {c: {**v, "drop_reasons": dict(v["drop_reasons"])} for c, v in sorted(out.items())}

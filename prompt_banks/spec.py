@@ -170,6 +170,12 @@ def load_spec(path: str | os.PathLike[str]) -> DomainSpec:
         raise UserError(f"--spec: {p} does not exist; pass a domain spec YAML file") from None
     except OSError as exc:
         raise UserError(f"--spec: cannot read {p} ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise UserError(
+            f"--spec: {p} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line {line}); "
+            "save it as UTF-8"
+        ) from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}" if where else ""

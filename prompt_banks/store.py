@@ -28,6 +28,7 @@ import pyarrow as pa
 from prompt_banks import schema
 from prompt_banks.atomic import publish_part
 from prompt_banks.errors import UserError
+from prompt_banks.integrity import check_parts
 from prompt_banks.paths import banks_dir, is_url
 
 DESCRIPTIONS_DIR = "descriptions"
@@ -144,7 +145,7 @@ class BankStore:
         if self._fs is not None:
             con.register_filesystem(self._fs)
         for name, folder, table_schema, key in self._tables():
-            files = self._files(folder)
+            files = check_parts(self._files(folder), table_schema, self._fs, what="store")
             if not files:
                 con.register(f"_{name}_empty", table_schema.empty_table())
                 con.execute(f"CREATE VIEW {name}_all AS SELECT * FROM _{name}_empty")

@@ -17,6 +17,7 @@ atexit.register(shutil.rmtree, _SESSION_TMP, ignore_errors=True)
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_HOME"] = str(_SESSION_TMP / "hf")
+os.environ["XDG_CACHE_HOME"] = str(_SESSION_TMP / "cache")  # the weights-digest cache
 os.environ["PREFECT_HOME"] = str(_SESSION_TMP / "prefect")
 os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"

@@ -61,6 +61,15 @@ class Fault:
     times: int | None = 1
     retry_after: str | None = None  # for 429
     delay_s: float = 0.0  # for slow / timeout
+    # Fire only for this share of requests, picked by a hash of the body: the same request
+    # (a retry) is always picked or always spared, so the failure persists.
+    share: float | None = None
+
+    def picks(self, req: Request) -> bool:
+        if self.share is None:
+            return True
+        h = hashlib.sha256(json.dumps(req.body, sort_keys=True).encode()).digest()
+        return int.from_bytes(h[:4], "big") / 2**32 < self.share
 
 
 @dataclass
@@ -78,16 +87,35 @@ class Request:
 @dataclass
 class StubState:
     honour_n: bool = True
+    models_status: int = 200  # what GET /v1/models answers (401: a refused key, 404: no such route)
     delay_s: float = 0.0  # every answer waits this long
     formats: tuple[str, ...] = ("json_schema", "json_object")  # response_format types accepted
     faults: list[Fault] = field(default_factory=list)
+    # Hold every answer until this many requests have arrived (at most 30 s): proves that that
+    # many were in flight at once (two client processes, say).
+    hold_until: int = 0
     requests: list[Request] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    arrived: threading.Condition = field(init=False)
 
-    def take_fault(self, user: str) -> Fault | None:
+    def __post_init__(self) -> None:
+        self.arrived = threading.Condition(self.lock)
+
+    def release_hold(self) -> None:
+        """Let every held answer go, and hold no more."""
+        with self.arrived:
+            self.hold_until = 0
+            self.arrived.notify_all()
+
+    def take_fault(self, req: Request) -> Fault | None:
+        user = req.user
         with self.lock:
             for f in self.faults:
-                if (f.match is None or f.match in user) and (f.times is None or f.times > 0):
+                if (
+                    (f.match is None or f.match in user)
+                    and (f.times is None or f.times > 0)
+                    and f.picks(req)
+                ):
                     if f.times is not None:
                         f.times -= 1
                     return f
@@ -114,7 +142,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(code, json.dumps(obj).encode(), headers)
 
     def do_GET(self) -> None:
-        if self.path.rstrip("/") == "/v1/models":
+        if self.path.rstrip("/") == "/v1/models" and self.state.models_status != 200:
+            code = self.state.models_status
+            self._json(code, {"error": {"message": f"injected {code}"}})
+        elif self.path.rstrip("/") == "/v1/models":
             self._json(200, {"object": "list", "data": [{"id": "stub-model", "object": "model"}]})
         else:
             self._json(404, {"error": "not found"})
@@ -124,8 +155,10 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(length) or b"{}")
         req = Request(self.path, body, time.monotonic())
         st = self.state
-        with st.lock:
+        with st.arrived:
             st.requests.append(req)
+            st.arrived.notify_all()
+            st.arrived.wait_for(lambda: len(st.requests) >= st.hold_until, timeout=30)
         if self.path not in ("/v1/chat/completions", "/v1/completions"):
             return self._json(404, {"error": "no such endpoint"})
         fmt = body.get("response_format")
@@ -133,7 +166,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(
                 400, {"error": {"message": f"response_format {fmt.get('type')} unsupported"}}
             )
-        fault = st.take_fault(req.user)
+        fault = st.take_fault(req)
         if st.delay_s:
             time.sleep(st.delay_s)
         if fault is not None:

@@ -205,6 +205,17 @@ def test_select_shots_is_seeded_nested_and_keeps_views(task: Task, folder: Path)
     assert byof.select_shots(task, 2, 3).train.image_ids != two.train.image_ids
 
 
+def test_more_shots_than_the_features_hold_is_refused_unless_told(folder: Path) -> None:
+    with pytest.raises(UserError, match=r"5 training images per class asked, but 4 classes"):
+        byof.load_task(folder, shots=5)
+    every = byof.load_task(folder, shots=5, shots_policy="all-available")
+    assert every.train.n_images == 16
+    assert every.provenance == {
+        "shots_policy": "all-available",
+        "short_classes": {"0": 4, "1": 4, "2": 4, "3": 4},
+    }
+
+
 def test_cli_simulate_writes_a_loadable_folder(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -84,7 +84,14 @@ def _under_file(c: dict[str, Path]) -> str:
 # Commands that import Prefect run in a child process: Prefect binds its log handlers to the
 # streams of the moment, which capsys closes after the test.
 FLOW_COMMANDS = {"demo", "build-domain", "serve"}
-NO_HOME = {"predict", "simulate", "study-banks"}  # commands without --home
+NO_HOME = {
+    "predict",
+    "simulate",
+    "study-banks",
+    "retrieve",
+    "vl simulate",
+    "vl caption-report",
+}  # without --home
 CASES: dict[str, list[Case]] = {
     "bank import": [
         lambda c: ["bank", "import", str(c["missing"]), "--domain", "d"],
@@ -121,6 +128,38 @@ CASES: dict[str, list[Case]] = {
     ],
     "bank compare": [lambda c: ["bank", "compare", "--banks", "one", "--dataset", "x"]],
     "doctor": [lambda c: ["doctor", "--home", str(c["missing"])]],
+    "vl import-captions": [
+        lambda c: [
+            "vl",
+            "import-captions",
+            "--format",
+            "karpathy",
+            "--file",
+            str(c["missing"]),
+            "--images",
+            str(c["missing"]),
+        ],
+        lambda c: [
+            "vl",
+            "import-captions",
+            "--format",
+            "coco",
+            "--file",
+            str(c["not_json"]),
+            "--images",
+            str(c["home"].parent),
+        ],
+        lambda c: ["vl", "import-captions", "--format", "csv", "--file", str(c["a_file"])],
+    ],
+    "vl synthetic-captions": [lambda c: ["vl", "synthetic-captions", "--dataset", "nope"]],
+    "vl embed": [lambda c: ["vl", "embed", "--dataset", "nothing-here"]],
+    "vl train": [lambda c: ["vl", "train", "--dataset", "nothing-here"]],
+    "vl eval": [lambda c: ["vl", "eval", "--dataset", "nothing-here"]],
+    "vl simulate": [lambda c: ["vl", "simulate", "--out", str(c["missing"]), "--set", "tau=0"]],
+    "retrieve": [
+        lambda c: ["retrieve", "--artifact", str(c["missing"]), "--texts", str(c["missing"]), "x"],
+        lambda c: ["retrieve", "--artifact", str(c["missing"]), "--texts", str(c["a_file"]), "x"],
+    ],
     "demo": [lambda c: ["demo", "--home", _under_file(c)]],  # its own --home
     "build-domain": [lambda c: ["build-domain", "--spec", str(c["missing"]), "--dataset", "x"]],
     "serve": [lambda c: ["serve", "--spec", str(c["missing"]), "--dataset", "x"]],
@@ -156,7 +195,7 @@ CASES: dict[str, list[Case]] = {
 
 def assert_one_line_error(argv: list[str], capsys: pytest.CaptureFixture[str], home: Path) -> str:
     """Run `argv` (plus `--home home` where the command takes one) and check the contract."""
-    takes_home = argv[0] not in NO_HOME and "--home" not in argv
+    takes_home = not {argv[0], " ".join(argv[:2])} & NO_HOME and "--home" not in argv
     full = [*argv, "--home", str(home)] if takes_home else argv
     before = snapshot(home)
     if argv[0] in FLOW_COMMANDS:  # Prefect's logging setup must not outlive capsys's streams

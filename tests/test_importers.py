@@ -163,7 +163,7 @@ def test_clip_benchmark_formats(tmp_path, store):
     with pytest.raises(UserError, match="--classes"):
         import_file(store, generic, domain="cifar10")
     report = import_file(store, generic, domain="cifar10", classes=["airplane", "Dog"])
-    assert report.fmt == "clip-benchmark"
+    assert report.fmt == "clip-benchmark-templates"
     assert class_texts(store, "cifar10") == {
         "airplane": ["a photo of a airplane.", "a blurry photo of a airplane."],
         "dog": ["a photo of a Dog.", "a blurry photo of a Dog."],

@@ -149,7 +149,15 @@ def test_cli_train_export_predict_end_to_end(tmp_path: Path, tiny_clip, capsys) 
     task.model_id = tiny_clip.model_id
     write_task(task, tmp_path / "feats")
     run, art = tmp_path / "run", tmp_path / "art"
-    common = ["--features-dir", str(tmp_path / "feats"), "--quiet", "--out", str(run)]
+    common = [
+        "--features-dir",
+        str(tmp_path / "feats"),
+        "--quiet",
+        "--shots",
+        "4",
+        "--out",
+        str(run),
+    ]
     assert main(["train", *common, "--set", "recipe=adamw", "--set", "epochs=2"]) == 0
     assert (run / "checkpoint.pt").is_file() and (run / "metrics.json").is_file()
     assert main(["export", "--run", str(run), "--out", str(art), "--clip-model", "aape-tiny"]) == 0

@@ -18,6 +18,7 @@ from prompt_banks.queries import (
     list_classes,
     list_domains,
     nearest,
+    shared_bank_names,
     stats,
 )
 from prompt_banks.store import BankStore
@@ -126,8 +127,22 @@ def test_bank_tensor_errors(bank, tiny_clip):
         bank_tensor(bank, "pets", ["sphynx"], "other/model")
     with pytest.raises(UserError, match="no embedding for"):
         bank_tensor(bank, "fish", ["tench"], tiny_clip.model_id)  # imported, not embedded
-    with pytest.raises(UserError, match="given twice"):
-        bank_tensor(bank, "pets", ["sphynx", "Sphynx"], tiny_clip.model_id)
+
+
+def test_classes_that_share_a_bank_name_each_get_its_prompts(bank, tiny_clip):
+    # Classes are positions: "Sphynx" twice (two labels, one name) is two rows of one entry.
+    classes = ["sphynx", "bengal", "Sphynx"]
+    emb, mask = bank_tensor(bank, "pets", classes, tiny_clip.model_id)
+    assert emb.shape[0] == 3 and torch.equal(emb[0], emb[2]) and torch.equal(mask[0], mask[2])
+    single, single_mask = bank_tensor(bank, "pets", ["sphynx"], tiny_clip.model_id)
+    k = int(single_mask.sum())
+    assert int(mask[0].sum()) == k and torch.equal(emb[0, :k], single[0, :k])
+    assert shared_bank_names(classes) == {"sphynx": [0, 2]}
+    assert shared_bank_names(["Cardigan", "cardigan", "crane", "crane", "tench"]) == {
+        "cardigan": [0, 1],
+        "crane": [2, 3],
+    }
+    assert shared_bank_names(["cat", "dog"]) == {}
 
 
 @pytest.mark.parametrize("k", [1, 3, 10])

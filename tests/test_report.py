@@ -84,3 +84,30 @@ def test_write_report_makes_markdown_csv_and_pngs(tmp_path: Path) -> None:
     pngs = sorted(p.name for p in (tmp_path / "rep").glob("*.png"))
     assert pngs == ["accuracy_vs_shots_t.png", "per_class_t_k4.png"]
     assert all((tmp_path / "rep" / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
+
+
+def test_two_banks_or_two_settings_of_one_method_are_two_rows() -> None:
+    def rec(seed: int, domain: str | None, ident: dict) -> dict:
+        bank = {"domain": domain, "fingerprint": "f"} if domain else None
+        return _rec("few-shot", "t", "cupl", 4, seed, acc1=0.1 * seed, bank=bank, identity=ident)
+
+    recs = [rec(s, "a", {"b": "a"}) for s in (1, 2)] + [rec(3, "b", {"b": "b"})]
+    recs += [rec(1, None, {"lr": 1}), rec(2, None, {"lr": 2})]  # same label, two identities
+    rows = {r["method"]: r for r in aggregate(recs)}
+    hashes = [m for m in rows if m.startswith("cupl-")]
+    assert set(rows) - set(hashes) == {"cupl@a", "cupl@b"} and len(hashes) == 2
+    assert rows["cupl@a"]["seeds"] == 2 and rows["cupl@a"]["acc1_mean"] == pytest.approx(15.0)
+    assert rows["cupl@b"]["seeds"] == 1
+
+
+def test_the_report_says_what_the_linear_probe_swept(tmp_path: Path) -> None:
+    probe = {"grid": [0.01, 1.0, 100.0], "selected_on": "val", "C": 1.0,
+             "tried": [[0.01, 0.5], [1.0, 0.75], [100.0, 0.5]], "solver": "lbfgs"}  # fmt: skip
+    rec = _rec("few-shot", "t", "linear_probe", 4, 1, acc1=0.7, probe=probe)
+    _write(tmp_path, [rec, _rec("few-shot", "t", "zeroshot", 4, 1, acc1=0.5)])
+    md = Path(write_report(tmp_path)["markdown"]).read_text(encoding="utf-8")
+    assert (
+        "- C grid [0.01, 1.0, 100.0], then bisections in log10 C around the best; chosen on: val"
+        in md
+    )
+    assert "| few-shot | t | 4 | 1 | 3 | 1 | 75.00 |" in md

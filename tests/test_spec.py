@@ -96,6 +96,25 @@ def test_file_errors_are_user_errors(tmp_path: Path) -> None:
         load_spec(bad)
 
 
+def test_a_spec_that_is_not_utf8_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from aape.cli.main import main
+
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("domain: d\nclasses: [café, crème brûlée]\n".encode("latin-1"))
+    with pytest.raises(UserError) as err:
+        load_spec(latin1)
+    assert str(err.value) == (
+        f"--spec: {latin1} is not UTF-8 text (byte 0xe9 on line 2); save it as UTF-8"
+    )
+    assert main(["bank", "generate", "--spec", str(latin1), "--home", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"error: {err.value}\n"
+    bom = tmp_path / "bom.yaml"
+    bom.write_bytes("domain: d\nclasses: [café]\n".encode("utf-8-sig"))  # what Notepad saves
+    assert load_spec(bom).classes[0].name == "café"
+
+
 def test_render_question_picks_the_article() -> None:
     assert (
         render_question("Describe what a(n) {} looks like.", "apple")

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from aape import study
+from aape import study_claims, study_plan, study_runs
 from aape.cli.main import main
 
 
-def _paired_rows() -> list[study.Row]:
-    def row(variant: str, seed: int, base: float) -> study.Row:
-        return study.Row(
+def _paired_rows() -> list[study_runs.Row]:
+    def row(variant: str, seed: int, base: float) -> study_runs.Row:
+        return study_runs.Row(
             "curves",
             "normal",
             variant,
@@ -40,8 +40,10 @@ def _paired_rows() -> list[study.Row]:
 
 def test_paired_differences_match_by_seed() -> None:
     rows = _paired_rows()
-    p = study.paired(
-        study.rows_of(rows, "curves", "aape"), study.rows_of(rows, "curves", "aape_l0"), "base"
+    p = study_claims.paired(
+        study_claims.rows_of(rows, "curves", "aape"),
+        study_claims.rows_of(rows, "curves", "aape_l0"),
+        "base",
     )
     assert p.n == 2 and p.wins == 1
     assert p.mean == pytest.approx(((0.8 - 0.75) + (0.7 - 0.72)) / 2)
@@ -84,7 +86,7 @@ def test_quick_study_end_to_end(tmp_path: Path) -> None:
     for png in ("curves.png", "ablations.png", "scaling.png"):
         assert (out / png).stat().st_size > 1000
     rows = list(csv.DictReader((out / "runs.csv").open(encoding="utf-8")))
-    plan = study.quick_plan()
+    plan = study_plan.quick_plan()
     expected = sum(len(e.shots) * len(e.variants) for e in plan.experiments) * len(plan.seeds)
     assert len(rows) == expected
     assert {r["recipe"] for r in rows if r["variant"] == "aape_sgd"} == {"coop_sgd"}

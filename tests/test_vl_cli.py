@@ -45,7 +45,7 @@ def test_csv_and_karpathy_end_to_end(
     encoded = {}
     for name in ("shop", "coco", "flickr30k"):
         report = _json(_run(capsys, "vl", "embed", "--dataset", name, "--quiet", *h))
-        assert report["features"]["skipped_images"] == 0
+        assert sum(report["features"]["missing_images"].values()) == 0
         encoded[name] = report["texts"]["encoded"]
     # The fixtures share sentences across files: a text is embedded once for all datasets.
     assert encoded["shop"] == 90 and 0 < encoded["coco"] < 180 and encoded["flickr30k"] < 70
@@ -121,3 +121,10 @@ def test_help_has_examples(capsys: pytest.CaptureFixture[str]) -> None:
         with pytest.raises(SystemExit):
             main([*cmd, "--help"])
         assert "examples:" in capsys.readouterr().out
+
+
+def test_synthetic_captions_command(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = _json(_run(capsys, "vl", "synthetic-captions", "--dataset", "animal-mnist",
+                     "--max-per-split", "4", "--home", str(home)))  # fmt: skip
+    assert out["dataset"] == "animal-mnist-synthetic-captions" and out["written"] == 60
+    assert "SYNTHETIC" in out["note"] and len(list((home / "vl-images").rglob("*.png"))) == 12

@@ -83,7 +83,6 @@ def test_empty_captions_are_dropped_and_counted(tmp_path: Path) -> None:
     ("setup", "message"),
     [
         ("no_file", "missing"),
-        ("no_images", "2 of 3 image files missing"),
         ("bad_split", "has split 'dev'; expected one of train, val, test, restval"),
         ("not_karpathy", r"is not a Karpathy split file \(no 'images' list\)"),
         ("bad_json", "cannot read"),
@@ -95,9 +94,6 @@ def test_karpathy_errors_are_one_line(tmp_path: Path, setup: str, message: str) 
     content = json.loads(path.read_text())
     if setup == "no_file":
         path.unlink()
-    elif setup == "no_images":
-        for name in ("1000092795.jpg", "1000092796.jpg"):
-            (images / name).unlink()
     elif setup == "bad_split":
         content["images"][1]["split"] = "dev"
         path.write_text(json.dumps(content))
@@ -178,19 +174,20 @@ def test_split_pairs_features_with_captions(tmp_path: Path, tiny_clip) -> None:
     home = tmp_path / "home"
     store = caption_store(home)
     ds = read_captions("csv", caption_csv(tmp_path, 6))
-    (tmp_path / "img" / "1.png").write_bytes(b"not an image")  # unreadable: skipped, counted
+    (tmp_path / "img" / "1.png").write_bytes(b"not an image")  # unreadable
+    (tmp_path / "img" / "4.png").unlink()  # missing
     store.import_captions(ds)
     embed_captions(store, ds.name, tiny_clip, progress=False)
-    report = extract_caption_features(store, ds.name, tiny_clip, home, n_views=2, progress=False)
-    assert report.skipped_images == 1
-    train = load_caption_split(store, home, ds.name, tiny_clip.model_id, "train")
-    assert (
-        train.features.image_ids
-        == train.captions.image_ids
-        == ["img/0.png", "img/3.png", "img/4.png"]
+    with pytest.raises(UserError, match=r"images: 1 of 6 image files of .* --max-missing 1 "):
+        extract_caption_features(store, ds.name, tiny_clip, home, n_views=2, progress=False)
+    _, use = extract_caption_features(
+        store, ds.name, tiny_clip, home, n_views=2, max_missing=2, progress=False
     )
-    assert train.features.x.shape[0] == 3 * 3  # centre crop + 2 views
-    assert train.captions.caption_image.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert sorted(use.unusable.values()) == [str(tmp_path / "img" / f"{i}.png") for i in (1, 4)]
+    train = load_caption_split(store, home, ds.name, tiny_clip.model_id, "train")
+    assert train.features.image_ids == train.captions.image_ids == ["img/0.png", "img/3.png"]
+    assert train.features.x.shape[0] == 2 * 3  # centre crop + 2 views
+    assert train.captions.caption_image.tolist() == [0, 0, 0, 1, 1, 1]
 
 
 def test_synthetic_captions_from_an_offline_dataset(tmp_path: Path) -> None:

@@ -24,7 +24,8 @@ def test_synthetic_textile_captions_end_to_end(tmp_path: Path, home: Path, tiny_
     report = caption_store(home).import_captions(ds)
     assert report.splits == {"train": 30, "val": 30, "test": 30} and report.captions == 450
     embedded = embed_dataset(ds.name, tiny_clip, home=home, progress=False)
-    assert embedded["features"]["computed"] == 90 and embedded["features"]["skipped_images"] == 0
+    assert embedded["features"]["computed"] == 90
+    assert embedded["features"]["images"] == {"train": 30, "val": 30, "test": 30}
     cfg = RetrievalConfig(adamw_epochs=2, batch_size=8, aggregator_heads=4)
     run = train_dataset(ds.name, CLIPRef("aape-tiny"), cfg, home=home, progress=False)
     assert run.artifact is not None and (run.artifact / "weights.safetensors").is_file()

@@ -6,6 +6,17 @@ import argparse
 import logging
 
 from aape.cli.common import add_home, command
+from prompt_banks.generate_report import DEFAULT_MAX_FAILED_SHARE
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text}")
+    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,6 +30,13 @@ def register(sub: argparse._SubParsersAction) -> None:
             aape bank generate --spec my-domain.yaml --backend openai \\
                 --base-url http://127.0.0.1:8080/v1 --model my-model --concurrency 8
             aape bank generate --spec my-domain.yaml --retry-failed
+            aape bank generate --spec my-domain.yaml --max-failed-share 0   # any failure: exit 1
+
+
+            exit status: 0 when the run stored its rows; 1 when more than --max-failed-share
+            of the rows it asked for failed (stored as failed: --retry-failed asks them again);
+            2 when nothing could run (a bad spec, or no LLM server answering --base-url).
+            Two runs on one domain share the work: each class is leased by one run at a time.
         """,
     )
     p.add_argument("--spec", required=True, help="domain spec YAML (see prompt_banks/specs/)")
@@ -44,6 +62,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--retry-failed", action="store_true", help="ask again only the rows stored as failed"
     )
+    p.add_argument(
+        "--max-failed-share",
+        type=_share,
+        default=DEFAULT_MAX_FAILED_SHARE,
+        help="exit 1 when more than this share of the rows asked for failed "
+        f"(0 to 1; default {DEFAULT_MAX_FAILED_SHARE:g})",
+    )
     p.add_argument("--limit-classes", type=int, default=None, help="only the first N classes")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_home(p)
@@ -54,6 +79,7 @@ def handle(args: argparse.Namespace) -> int:
     from prompt_banks.backends import make_backend, resolve_settings
     from prompt_banks.errors import UserError
     from prompt_banks.generate import generate_bank
+    from prompt_banks.generate_report import check_failed_share
     from prompt_banks.paths import banks_dir
     from prompt_banks.spec import load_spec
     from prompt_banks.store import BankStore
@@ -86,7 +112,8 @@ def handle(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
     print(report.summary())
+    again = f"`aape bank generate --spec {args.spec} --retry-failed`"
+    check_failed_share(report, args.max_failed_share, again=again)
     if report.failed:
-        again = f"aape bank generate --spec {args.spec} --retry-failed"
-        print(f"{report.failed} rows failed; `{again}` asks them again")
+        print(f"{report.failed} rows failed; {again} asks them again")
     return 0

@@ -9,6 +9,7 @@ from typing import Any
 
 from aape.cli.common import add_clip, add_home, command
 from prompt_banks.errors import UserError
+from prompt_banks.input_files import FORMATS
 from prompt_banks.paths import banks_dir
 
 
@@ -32,12 +33,20 @@ def _print_json(value: Any) -> None:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from prompt_banks.importers import import_file, load_class_list, load_rename_map
+    from prompt_banks.importers import import_file
+    from prompt_banks.input_files import load_class_list, load_rename_map
 
     rename = load_rename_map(args.rename) if args.rename else None
-    classes = load_class_list(args.classes) if args.classes else None
+    dataset = args.dataset or args.domain
+    classes = load_class_list(args.classes, dataset) if args.classes else None
     report = import_file(
-        _store(args), args.file, domain=args.domain, fmt=args.format, rename=rename, classes=classes
+        _store(args),
+        args.file,
+        domain=args.domain,
+        fmt=args.format,
+        rename=rename,
+        classes=classes,
+        dataset=dataset,
     )
     if args.json:
         _print_json(report.to_dict())
@@ -145,13 +154,17 @@ def register(sub: argparse._SubParsersAction) -> None:
             aape bank import descriptors_pets.json --domain pets --format dclip
             aape bank import cupl_cal.json --domain caltech101 --rename cupl_to_coop.json
             aape bank import imagenet_prompts_base.json --domain imagenet --classes imagenet
+            # CLIP_benchmark's en_zeroshot_classification_templates.json (here en_templates.json)
+            # expanded over its en_classnames.json, or over your own class list:
+            aape bank import en_templates.json --domain eurosat --classes en_classnames.json
+            aape bank import en_templates.json --domain my-cars --dataset cars --classes cars.txt
         """,
     )
     p.add_argument("file", help="JSON file: {class: [text, ...]} or CLIP_benchmark templates")
     p.add_argument("--domain", required=True, help="domain (dataset) the classes belong to")
     p.add_argument(
         "--format",
-        choices=["cupl", "dclip", "clip-benchmark"],
+        choices=list(FORMATS),
         default=None,
         help="file format (default: detected from the content)",
     )
@@ -165,8 +178,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--classes",
         default=None,
         metavar="LIST",
-        help="reference class list (`imagenet`, a .json list or one name per line): "
-        "reports collisions and missing classes; expands generic templates",
+        help="reference class list (`imagenet`, a .json list, CLIP_benchmark's "
+        "*_classnames.json, or one name per line): reports collisions and missing classes; "
+        "expands generic templates",
+    )
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help="the dataset key to read in CLIP_benchmark's per-dataset files (templates, "
+        "class names); default: --domain",
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_home(p)

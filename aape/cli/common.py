@@ -20,13 +20,14 @@ def add_clip(parser: argparse.ArgumentParser, *, default_model: str | None = "aa
     parser.add_argument(
         "--clip-model",
         default=default_model,
-        help="open_clip architecture (ViT-B-16, ...), aape-tiny, or local-dir:/path",
+        help="open_clip architecture (ViT-B-16, ...), aape-tiny, local-dir:/path, or "
+        "hf-hub:org/name (read from the Hugging Face cache with HF_HUB_OFFLINE=1)",
     )
     parser.add_argument(
         "--pretrained",
         default=None,
-        help="open_clip pretrained tag (openai, ...) or a local weights file; "
-        "omit for aape-tiny's random weights",
+        help="open_clip pretrained tag (openai, ...) or a local weights file (.safetensors, a "
+        ".pt/.bin state dict, or OpenAI's TorchScript .pt); omit for aape-tiny's random weights",
     )
 
 
@@ -67,3 +68,14 @@ def add_config_args(parser: argparse.ArgumentParser, what: str = "TrainConfig") 
         metavar="KEY=VALUE",
         help="override one field, e.g. --set lambda_distill=0 (repeatable)",
     )
+
+
+def positive_int(text: str) -> int:
+    """argparse type for a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value

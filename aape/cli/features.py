@@ -11,6 +11,18 @@ from aape.datasets.base import DEFAULT_VIEWS
 from prompt_banks.errors import UserError
 
 
+def add_image_checks(parser: argparse._ActionsContainer) -> None:
+    """--max-missing, for every command that reads images."""
+    parser.add_argument(
+        "--max-missing",
+        type=int,
+        default=0,
+        metavar="N",
+        help="go on without up to N image files that are missing or unreadable (default 0: "
+        "any such file is an error); the run records the images it used",
+    )
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this area's subcommands to `sub`."""
     p = command(
@@ -23,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             aape features --dataset dtd --data-root ~/data --clip-model ViT-B-16 --pretrained openai
             aape features --dataset folder --data-root ./my_images   # <class>/*.jpg
             aape features --dataset csv --data-root ./manifest.csv     # path,label[,split]
+            aape features --dataset imagenet --data-root ~/data --max-missing 10
         """,
     )
     p.add_argument("--dataset", required=True, help=f"one of: {', '.join(sorted(DATASETS))}")
@@ -41,6 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--splits", default=None, help="comma-separated subset of train,val,test (default: all)"
     )
     p.add_argument("--batch-size", type=int, default=64, help="images per CLIP forward pass")
+    add_image_checks(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_home(p)
     p.set_defaults(func=run)
@@ -53,27 +67,36 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size: {args.batch_size} must be at least 1")
     # torch loads here, not at import: `aape --help` must stay instant.
-    from aape.features import extract_features
+    from aape.missing_images import extract_usable, without
     from prompt_banks.clip import CLIPRef, load_clip
 
     dataset = load_dataset(args.dataset, args.data_root)
+    records = [r for s in splits or list(dataset.splits) for r in dataset.split(s)]
     clip = load_clip(CLIPRef(args.clip_model, args.pretrained))
-    report = extract_features(
-        dataset, clip, args.home, splits=splits, n_views=args.views, batch_size=args.batch_size
+    _, report, use = extract_usable(
+        lambda unusable: without(records, unusable),
+        clip,
+        args.home,
+        dataset=dataset.name,
+        max_missing=args.max_missing,
+        n_views=args.views,
+        batch_size=args.batch_size,
     )
     summary = {
         "dataset": report.dataset,
         "model_id": report.model_id,
         "computed": report.computed,
         "cached": report.cached,
-        "skipped_images": report.skipped_images,
+        "skipped_images": len(use.unusable),
         "images_per_second": round(report.images_per_second, 1),
         "seconds": round(report.seconds, 2),
     }
+    left_out = sorted(use.unusable.values())
     if args.json:
-        print(json.dumps({**summary, "unreadable": report.unreadable}, indent=1))
+        print(json.dumps({**summary, **use.as_record(), "left_out": left_out}, indent=1))
     else:
         print(" ".join(f"{k}={v}" for k, v in summary.items()))
-        for path in report.unreadable:
-            print(f"unreadable: {path}")
+        print("images: " + " ".join(f"{s}={n}" for s, n in use.used.items()))
+        for path in left_out:
+            print(f"left out: {path}")
     return 0

@@ -94,27 +94,47 @@ def _build_params(args: argparse.Namespace) -> Any:
     )
 
 
+class _NoUserErrorTraceback(logging.Filter):
+    """Prefect logs a failed run's exception with its traceback; for a UserError (bad input, an
+    LLM that does not answer) the run's state and the CLI's one `error:` line say it all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from prompt_banks.errors import UserError
+
+        if record.exc_info and isinstance(record.exc_info[1], UserError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def _quiet_http(args: argparse.Namespace) -> None:
-    """Prefect's client logs every API request at INFO; flow and task progress is what matters."""
+    """Prefect's client logs every API request at INFO; flow and task progress is what matters.
+    Offline machines cannot send Prefect's telemetry: off unless the user turned it on."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    import prefect  # noqa: F401  (configures Prefect's loggers, which the filter then joins)
+
     if not getattr(args, "verbose", False):
         logging.getLogger("httpx").setLevel(logging.WARNING)
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).addFilter(_NoUserErrorTraceback())
 
 
 def _build_domain(args: argparse.Namespace) -> int:
+    params = _build_params(args)
     _quiet_http(args)
     from pipelines.build_domain import build_domain
 
-    result = build_domain(_build_params(args), ray_address=args.ray_address)
+    result = build_domain(params, ray_address=args.ray_address)
     print(json.dumps(result, indent=2, default=str))
     return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
+    params = _build_params(args)
     _quiet_http(args)
     from pipelines.serve import serve_domain
 
     serve_domain(
-        _build_params(args),
+        params,
         refresh_cron=args.refresh_cron,
         retrain_cron=args.retrain_cron,
         timezone=args.timezone,
@@ -123,22 +143,20 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    _quiet_http(args)
     from prompt_banks.paths import local_home
 
+    # The home must be writable before any flow starts (an OSError here is the CLI's one line).
+    home = local_home(args.home, "demo runs").resolve()
+    home.mkdir(parents=True, exist_ok=True)
     # Without a server, Prefect keeps its run history in a SQLite file under PREFECT_HOME; the
     # demo's goes beside its data (and is not shared with other Prefect work on the machine).
     if not os.environ.get("PREFECT_API_URL"):
-        prefect_home = Path(
-            os.environ.setdefault(
-                "PREFECT_HOME", str(local_home(args.home, "demo runs").resolve() / "prefect")
-            )
-        )
+        prefect_home = Path(os.environ.setdefault("PREFECT_HOME", str(home / "prefect")))
         prefect_home.mkdir(parents=True, exist_ok=True)  # its server does not create the folder
         # Its first start creates and migrates that database: more than Prefect's default 20 s
         # on a busy 2-core machine.
         os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # offline machines
+    _quiet_http(args)
     from pipelines.demo import run_demo
 
     return run_demo(home=args.home, fast=args.fast)

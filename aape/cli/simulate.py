@@ -1,4 +1,5 @@
-"""CLI: `aape simulate` (write simulated bring-your-own-features folders) and `aape study`."""
+"""CLI: `aape simulate` (write simulated bring-your-own-features folders), `aape study` and
+`aape study-banks`."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from prompt_banks.atomic import write_json_atomic
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add `simulate` and `study`."""
+    """Add `simulate`, `study` and `study-banks`."""
     p = command(
         sub,
         "simulate",
@@ -60,6 +61,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_home(s)
     s.set_defaults(func=handle_study)
 
+    b = command(
+        sub,
+        "study-banks",
+        help="the bank-quality study: margin vs the simulation's truth, bank comparison, pruning",
+        examples="""
+        aape study-banks                      # docs/bank-quality.md (minutes on 2 cores)
+        aape study-banks --out /tmp/banks     # /tmp/banks.md + /tmp/banks/runs.json
+        """,
+    )
+    b.add_argument(
+        "--out", default="docs/bank-quality", help="folder for runs.json; the report is <out>.md"
+    )
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.set_defaults(func=handle_study_banks)
+
 
 def handle_simulate(args: argparse.Namespace) -> int:
     from aape import byof, simulation
@@ -91,6 +107,7 @@ def handle_study(args: argparse.Namespace) -> int:
     cmd = STUDY_COMMAND if Path(args.out) == Path("docs/study") else f"aape study --out {args.out}"
     if args.home:
         os.environ["AAPE_HOME"] = args.home  # the runs cache and the worker processes follow it
+    Path(args.out).mkdir(parents=True, exist_ok=True)  # unwritable: fail now, not after the runs
     report = run_study(
         args.out,
         quick=args.quick,
@@ -100,4 +117,12 @@ def handle_study(args: argparse.Namespace) -> int:
         command=cmd + (" --quick" if args.quick else ""),
     )
     print(f"wrote {report}")
+    return 0
+
+
+def handle_study_banks(args: argparse.Namespace) -> int:
+    from aape.bank_study import run_bank_study
+
+    Path(args.out).mkdir(parents=True, exist_ok=True)  # unwritable: fail now, not after the runs
+    print(f"wrote {run_bank_study(args.out, progress=not args.quiet)}")
     return 0

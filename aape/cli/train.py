@@ -9,13 +9,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aape.cli.common import add_clip, add_config_args, add_home, command, int_list
+from aape.cli.common import add_clip, add_config_args, add_home, command, int_list, positive_int
+from aape.cli.features import add_image_checks
 from aape.config import TrainConfig, load_config
+from aape.fewshot import SHOTS_POLICIES
 from prompt_banks.errors import UserError
 from prompt_banks.paths import artifacts_dir, banks_dir, runs_dir
 
 if TYPE_CHECKING:
     from aape.data import Task
+
+
+def add_data_checks(group: argparse._ActionsContainer) -> None:
+    """--max-missing and --shots-policy: what a task may do without."""
+    add_image_checks(group)
+    group.add_argument(
+        "--shots-policy",
+        choices=SHOTS_POLICIES,
+        default="error",
+        help="a class with fewer training images than --shots: error (default) or train it on "
+        "all it has (all-available; the run records it and the report marks it)",
+    )
 
 
 def _add_task_args(p: argparse.ArgumentParser) -> None:
@@ -25,6 +39,7 @@ def _add_task_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--bank-domain", help="prompt-bank domain in the store for the classes")
     src.add_argument("--data-root", help="where the dataset's files are (default: its registry)")
     src.add_argument("--seed", type=int, default=1, help="few-shot sampling and training seed")
+    add_data_checks(src)
     add_home(p)
     add_clip(p)
     add_config_args(p)
@@ -47,6 +62,7 @@ def _task_factory(args: argparse.Namespace) -> tuple[str, Callable[[int, int], T
                 bank_domain=args.bank_domain,
                 shots=shots,
                 seed=seed,
+                shots_policy=args.shots_policy,
             )
 
         return Path(args.features_dir).name, make_byof
@@ -65,6 +81,8 @@ def _task_factory(args: argparse.Namespace) -> tuple[str, Callable[[int, int], T
             shots=shots,
             seed=seed,
             data_root=args.data_root,
+            max_missing=args.max_missing,
+            shots_policy=args.shots_policy,
         )
 
     return args.dataset, make
@@ -82,17 +100,19 @@ def _print_metrics(name: str, metrics: dict) -> None:
 
 def handle_train(args: argparse.Namespace) -> int:
     from aape.evaluate import evaluate
-    from aape.protocols import write_json_atomic
+    from aape.protocols import config_dir_name, inputs_of, write_json_atomic
     from aape.train import train
 
     cfg = _config(args).model_copy(update={"seed": args.seed})
     name, make = _task_factory(args)
     task = make(args.shots, args.seed)
+    setting = config_dir_name(cfg, inputs_of(task))  # method, bank domain, identity hash
     out = (
         Path(args.out)
         if args.out
-        else runs_dir(args.home) / "train" / f"{name}-{cfg.tag()}-k{args.shots}-s{args.seed}"
+        else runs_dir(args.home) / "train" / f"{name}-{setting}-k{args.shots}-s{args.seed}"
     )
+    out.mkdir(parents=True, exist_ok=True)  # an unwritable --out fails now, not after training
     if args.force and (out / "checkpoint.pt").exists():
         (out / "checkpoint.pt").unlink()
     result = train(task, cfg, checkpoint_dir=out, progress=not args.quiet)
@@ -108,6 +128,7 @@ def handle_train(args: argparse.Namespace) -> int:
         "train_seconds": result.train_seconds,
         "class_names": task.texts.names,
         "complete": result.complete,
+        "data": task.provenance,
         "clip": None
         if args.features_dir
         else {"model": args.clip_model, "pretrained": args.pretrained},
@@ -152,6 +173,8 @@ def _target_factories(args: argparse.Namespace, cfg: TrainConfig) -> dict[str, C
             shots=1,
             seed=0,
             data_root=args.data_root,  # CoOp layout: one root for all datasets
+            max_missing=args.max_missing,
+            shots_policy="all-available",  # its train split is never used
         )
 
     return {t: factory(t, domains[i] if domains else None) for i, t in enumerate(names)}
@@ -159,12 +182,13 @@ def _target_factories(args: argparse.Namespace, cfg: TrainConfig) -> dict[str, C
 
 def handle_eval(args: argparse.Namespace) -> int:
     from aape import protocols
+    from aape.baselines import baseline_config
     from aape.report import write_report
 
     cfg = _config(args)
     cfgs = [cfg] if args.no_lambda0 else protocols.with_lambda0(cfg)
     for extra in args.baselines.split(",") if args.baselines else []:
-        cfgs.append(cfg.model_copy(update={"method": extra.strip()}))
+        cfgs.append(baseline_config(cfg, extra.strip()))
     name, make = _task_factory(args)
     root = Path(args.out) if args.out else runs_dir(args.home)
     seeds = list(args.seeds)
@@ -207,14 +231,13 @@ def handle_report(args: argparse.Namespace) -> int:
 
 
 def handle_export(args: argparse.Namespace) -> int:
-    from aape.artifact import export_artifact
+    from aape.artifact import export_artifact, record_metrics, run_record
     from aape.train import load_checkpoint
     from prompt_banks.clip import CLIPRef
 
     result = load_checkpoint(args.run)
-    metrics_file = Path(args.run) / "metrics.json"
-    saved = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else {}
-    metrics = {k: saved[k] for k in ("acc1", "acc5", "mean_per_class_recall") if k in saved}
+    saved = run_record(args.run)
+    metrics = record_metrics(saved)
     ref = None
     if args.clip_model:
         ref = CLIPRef(args.clip_model, args.pretrained)
@@ -270,6 +293,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         aape train --dataset textile-defects --bank-domain textile --shots 4
         aape train --features-dir my-features --set recipe=adamw --set lambda_distill=0
         aape train --dataset animal-mnist --bank-domain animals --set method=linear_probe
+        aape train --dataset dtd --data-root ~/data --shots 16 --max-missing 5 \\
+            --shots-policy all-available   # a few files lost, some classes under 16 images
         """,
     )
     _add_task_args(p)
@@ -312,7 +337,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--baselines",
         default="zeroshot,cupl",
-        help="also run these methods (zeroshot,cupl,linear_probe); '' for none",
+        help="also run these baselines (zeroshot,cupl,linear_probe,linear_probe_adamw); "
+        "'' for none",
     )
     p.add_argument("--no-lambda0", action="store_true", help="skip the lambda=0 companion run")
     p.add_argument("--out", help="runs root (default: $AAPE_HOME/runs)")
@@ -358,7 +384,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_clip(p, default_model=None)
     p.add_argument("--classes", help="comma-separated class names")
     p.add_argument("--classes-file", help="file with one class name per line")
-    p.add_argument("--top-k", type=int, default=3, help="classes shown per image")
+    p.add_argument("--top-k", type=positive_int, default=3, help="classes shown per image")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("images", nargs="+", help="image files")
     p.set_defaults(func=handle_predict)

@@ -60,6 +60,7 @@ def handle_embed(args: argparse.Namespace) -> int:
             _clip_ref(args),
             home=args.home,
             n_views=args.views,
+            max_missing=args.max_missing,
             progress=not args.quiet,
         )
     )
@@ -203,11 +204,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         examples="""
         aape vl embed --dataset flickr30k --clip-model ViT-B-16 --pretrained openai
         aape vl embed --dataset coco --views 2
+        aape vl embed --dataset flickr30k --max-missing 3
         """,
     )
     p.add_argument("--dataset", required=True, help="an imported caption dataset")
     p.add_argument(
         "--views", type=int, default=0, help="augmented views per training image (default 0)"
+    )
+    p.add_argument(
+        "--max-missing",
+        type=int,
+        default=0,
+        help="leave out at most N missing or unreadable images (default 0: any is an error)",
     )
     _add_run_args(p)
     p.set_defaults(func=handle_embed)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import random
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,19 +56,34 @@ class ImageRecord:
 
 @dataclass
 class Dataset:
-    """A named dataset: `classnames[label]` is the name of label `label`, and `splits` maps a
-    split name (train, val, test) to its records. Splits a dataset does not have are absent."""
+    """A named dataset: `classnames[label]` is the display name of label `label`, and `splits`
+    maps a split name (train, val, test) to its records. Splits a dataset does not have are
+    absent.
+
+    Labels identify classes, names only show them: two labels may share a display name (ImageNet
+    lists repeat "missile", "sunglasses", "crane", "maillot") and names that differ only in case
+    ("Cardigan" the corgi, "cardigan" the sweater) are two classes. `class_keys[label]` is the
+    class's stable key: the wnid in the ImageNet family, the label as the files spell it for
+    image folders and CSV manifests, else the label number. Keys are unique."""
 
     name: str
     classnames: list[str]
     splits: dict[str, list[ImageRecord]]
     description: str = ""
+    class_keys: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         unknown = set(self.splits) - set(SPLITS)
         if unknown:
             raise ValueError(f"Dataset {self.name}: unknown splits {sorted(unknown)}")
         n = len(self.classnames)
+        if not self.class_keys:
+            self.class_keys = [str(i) for i in range(n)]
+        if len(self.class_keys) != n:
+            raise ValueError(f"Dataset {self.name}: {len(self.class_keys)} keys for {n} classes")
+        repeated = sorted(k for k, c in Counter(self.class_keys).items() if c > 1)
+        if repeated:
+            raise ValueError(f"Dataset {self.name}: class keys {repeated[:5]} repeat")
         for records in self.splits.values():
             for r in records:
                 if not 0 <= r.label < n:
@@ -78,6 +94,11 @@ class Dataset:
     @property
     def n_classes(self) -> int:
         return len(self.classnames)
+
+    def describe_class(self, label: int) -> str:
+        """How messages name a class: "'crane' (n03126707)", or "'cat'" when the key is the name."""
+        name, key = self.classnames[label], self.class_keys[label]
+        return f"'{name}'" if key == name else f"'{name}' ({key})"
 
     def split(self, name: str) -> list[ImageRecord]:
         """Records of one split, or a UserError naming the splits it has."""

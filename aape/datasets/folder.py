@@ -7,7 +7,8 @@ Image folder, either with split subfolders or without:
 
 CSV manifest with a header line `path,label[,split]`: `path` relative to the CSV's folder (or
 absolute), `label` the class name, `split` one of train/val/test (without the column: the same
-seeded split). Class labels are the class names in sorted order.
+seeded split). Class labels are the class names in sorted order; a class's key is its name as
+spelled (case kept: folders `Cardigan/` and `cardigan/` are two classes).
 
 The dataset's name is `folder-<basename>-<hash of the absolute path>` (or `csv-...`): two data
 folders that share a basename never share cached features.
@@ -63,6 +64,7 @@ def _build(name: str, rows: list[tuple[str, str, str | None, str]], description:
         classnames=classnames,
         splits={s: splits[s] for s in SPLITS if s in splits},
         description=description,
+        class_keys=classnames,  # the labels as spelled: "Cardigan" and "cardigan" are two
     )
 
 

@@ -10,6 +10,9 @@
   `"captions": [...]`, optional `"split"`) of (image, caption) rows for any domain; image paths
   relative to the file's folder.
 
+Only the annotation file and the image folder are checked here; the image files are checked when
+their features are computed, with the classification datasets' rule (`--max-missing`).
+
 Caption text is stored as given (`raw`) and with its whitespace collapsed (`text`, what CLIP
 embeds): Karpathy's raw COCO captions end in spaces and hold double spaces, COCO's official ones
 end in newlines. An empty caption is dropped and counted.
@@ -92,21 +95,11 @@ def _load_json(path: Path, dataset: str, how: str) -> Any:
         raise UserError(f"dataset {dataset}: cannot read {path} ({reason}); {how}") from exc
 
 
-def _check_images(dataset: str, images: list[CaptionImage], root: Path, how: str) -> None:
-    """Every image file must exist: one line with the count and the first few missing."""
-    missing = [im.path for im in images if not Path(im.path).is_file()]
-    if missing:
-        first = ", ".join(missing[:3])
-        raise UserError(
-            f"dataset {dataset}: {len(missing)} of {len(images)} image files missing under "
-            f"{root} (first: {first}); {how}"
-        )
-
-
 def _finish(
-    name: str, images: list[CaptionImage], source: str, description: str, root: Path, how: str
+    name: str, images: list[CaptionImage], source: str, description: str, how: str
 ) -> CaptionDataset:
-    """Drop empty captions (counted) and images left without any; check the files exist."""
+    """Drop empty captions (counted) and images left without any. The image files are checked
+    when their features are computed (`aape vl embed`, with --max-missing)."""
     dropped = 0
     kept: list[CaptionImage] = []
     for im in images:
@@ -128,7 +121,6 @@ def _finish(
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise UserError(f"dataset {name}: image {dup} is listed twice; merge its captions")
-    _check_images(name, kept, root, how)
     return CaptionDataset(name, kept, source, description, dropped)
 
 
@@ -188,7 +180,7 @@ def read_karpathy(
                 ],
             )
         )
-    return _finish(name, out, "karpathy", f"Karpathy split file {file}", root, KARPATHY_HELP)
+    return _finish(name, out, "karpathy", f"Karpathy split file {file}", KARPATHY_HELP)
 
 
 def coco_split_of(file: Path) -> str:
@@ -256,7 +248,7 @@ def read_coco_captions(
                 source_caption_ids=[i for i, _ in anns],
             )
         )
-    return _finish(name, out, "coco", f"COCO captions file {file}", root, COCO_HELP)
+    return _finish(name, out, "coco", f"COCO captions file {file}", COCO_HELP)
 
 
 def table_name(path: Path) -> str:
@@ -333,7 +325,7 @@ def read_caption_table(
         for im in images_:
             im.split = im.split or assigned[im.image_id]
             im.source_split = im.source_split or im.split
-    return _finish(name, images_, fmt, f"caption {fmt.upper()} {file}", root, TABLE_HELP)
+    return _finish(name, images_, fmt, f"caption {fmt.upper()} {file}", TABLE_HELP)
 
 
 def read_captions(

@@ -48,7 +48,7 @@ def load_retrieval_artifact(
     folder: str | Path, device: str | None = "cpu"
 ) -> tuple[RetrievalResult, dict[str, Any]]:
     """The artifact as a `RetrievalResult` (model = h only) and its config.json."""
-    meta, tensors = read_artifact(folder, FORMAT, HOW)
+    meta, tensors = read_artifact(folder, FORMAT, HOW, RetrievalConfig)
     cfg = RetrievalConfig(**meta["config"])
     model = RetrievalAAPE(int(meta["dim"]), cfg)
     try:

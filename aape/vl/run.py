@@ -17,7 +17,7 @@ from aape.vl.evaluate import RetrievalRow, evaluate_split, write_results
 from aape.vl.inference import export_retrieval_artifact, load_retrieval_artifact
 from aape.vl.tasks import DEFAULT_VL_VIEWS, extract_caption_features, load_caption_split
 from aape.vl.train import CHECKPOINT_NAME, RetrievalResult, train_retrieval
-from prompt_banks.clip import CLIPRef, LoadedCLIP, load_clip
+from prompt_banks.clip import CLIPRef, LoadedCLIP, is_model_id_of, load_clip
 from prompt_banks.errors import UserError
 from prompt_banks.paths import runs_dir
 
@@ -48,23 +48,20 @@ def embed_dataset(
     *,
     home: Home,
     n_views: int = DEFAULT_VL_VIEWS,
+    max_missing: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Embed the dataset's caption texts and cache its image features (both incremental)."""
+    """Embed the dataset's caption texts and cache its image features (both incremental);
+    at most `max_missing` missing or unreadable images are left out."""
     loaded = _loaded(clip)
     store = caption_store(home)
     texts = embed_captions(store, dataset, loaded, progress=progress)
-    feats = extract_caption_features(
-        store, dataset, loaded, home, n_views=n_views, progress=progress
+    feats, use = extract_caption_features(
+        store, dataset, loaded, home, n_views=n_views, max_missing=max_missing, progress=progress
     )
     return {
         "texts": texts.to_dict(),
-        "features": {
-            "computed": feats.computed,
-            "cached": feats.cached,
-            "skipped_images": feats.skipped_images,
-            "unreadable": feats.unreadable[:20],
-        },
+        "features": {"computed": feats.computed, "cached": feats.cached, **use.as_record()},
     }
 
 
@@ -138,7 +135,7 @@ def evaluate_dataset(
         )
     for folder in artifacts:
         result, meta = load_retrieval_artifact(folder)
-        if meta["clip_model_id"] != clip.model_id:
+        if not is_model_id_of(clip, meta["clip_model_id"]):
             raise UserError(
                 f"--artifact: {folder} was trained with {meta['clip_model_id']}, not "
                 f"{clip.model_id}; pass its --clip-model/--pretrained"

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from aape.data import FeatureSet
 from aape.datasets.base import ImageRecord
-from aape.features import ExtractReport, extract_records, load_features
+from aape.features import ExtractReport, load_features
+from aape.missing_images import ImageUse, extract_usable, without
 from aape.vl.bank import CaptionBank, CaptionStore, caption_bank
 from prompt_banks.clip import LoadedCLIP
 from prompt_banks.errors import UserError
@@ -53,22 +54,26 @@ def extract_caption_features(
     home: str | os.PathLike[str] | None,
     *,
     n_views: int = DEFAULT_VL_VIEWS,
+    max_missing: int = 0,
     splits: Sequence[str] | None = None,
     batch_size: int = 64,
     progress: bool = True,
-) -> ExtractReport:
-    """Cache the missing image features of a caption dataset (unreadable images are skipped
-    and counted, as for classification datasets)."""
+) -> tuple[ExtractReport, ImageUse]:
+    """Cache the missing image features of a caption dataset. Missing or unreadable image files
+    fail with the classification datasets' one-line error unless `max_missing` allows them;
+    they are then left out (and their captions with them)."""
     records = caption_records(store, dataset, splits)
-    return extract_records(
-        records,
+    _, report, use = extract_usable(
+        lambda unusable: without(records, unusable),
         clip,
         home,
         dataset=dataset,
+        max_missing=max_missing,
         n_views=n_views,
         batch_size=batch_size,
         progress=progress,
     )
+    return report, use
 
 
 def load_caption_split(

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from aape.losses import distill_loss, reward_loss
 from aape.model import masked_mean
-from aape.train import ViewSampler, run_epochs, save_atomic
+from aape.train import ViewSampler, checkpoint_state, run_epochs, save_atomic
 from aape.updates import Updates, optimizer_step
 from aape.vl.config import RetrievalConfig
 from aape.vl.losses import contrastive_loss
@@ -208,21 +208,9 @@ def train_retrieval(
 
     def save(epoch: int, seconds: float) -> None:
         if ckpt is not None:
-            save_atomic(
-                {
-                    "config": cfg.model_dump(),
-                    "epoch": epoch,
-                    "seconds": seconds,
-                    "model": model.state_dict(),
-                    "optimizers": updates.state_dict(),
-                    "gen": gen.get_state(),
-                    "agg_gen": agg_gen.get_state().cpu(),
-                    "cap_gen": cap_gen.get_state(),
-                    "history": history,
-                    **base,
-                },
-                ckpt,
-            )
+            generators = {"gen": gen, "agg_gen": agg_gen, "cap_gen": cap_gen}
+            state = checkpoint_state(cfg, epoch, seconds, model, updates, generators, history)
+            save_atomic({**state, **base}, ckpt)
 
     x_all = F.normalize(fit.features.x, dim=-1).to(device)
     img_all = fit.features.image_index.to(device)

@@ -56,6 +56,10 @@ class LLMBackend(ABC):
     def complete(self, request: CompletionRequest) -> list[str]:
         """Exactly `request.n` answer texts, or an LLMError."""
 
+    def preflight(self) -> None:  # noqa: B027 (in-process backends loaded their model)
+        """Raise a one-line UserError at once when nothing can answer requests. A backend whose
+        constructor loaded its model can answer, so the default checks nothing."""
+
     def close(self) -> None:  # noqa: B027 (most backends hold nothing)
         """Release connections or models."""
 

@@ -107,15 +107,21 @@ class LocalLlamaBackend(LLMBackend):
         self.path = resolve_gguf(settings)
         self.model_id = self.path.stem
         self.key_params = {"endpoint": "chat"}
-        with without_weight_repacking():
-            self._llm = Llama(
-                model_path=str(self.path),
-                n_ctx=settings.n_ctx,
-                n_threads=settings.n_threads or default_threads(),
-                n_batch=settings.n_batch,
-                n_ubatch=settings.n_batch,
-                verbose=False,
-            )
+        try:
+            with without_weight_repacking():
+                self._llm = Llama(
+                    model_path=str(self.path),
+                    n_ctx=settings.n_ctx,
+                    n_threads=settings.n_threads or default_threads(),
+                    n_batch=settings.n_batch,
+                    n_ubatch=settings.n_batch,
+                    verbose=False,
+                )
+        except ValueError:  # llama.cpp's "Failed to load model from file"
+            raise UserError(
+                f"--model-path: llama.cpp cannot load {self.path} as a model; pass a GGUF file "
+                "(a complete download, of an architecture llama.cpp knows)"
+            ) from None
         self._lock = threading.Lock()
 
     def complete(self, request: CompletionRequest) -> list[str]:

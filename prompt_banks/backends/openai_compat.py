@@ -9,6 +9,8 @@ from __future__ import annotations
 import email.utils
 import logging
 import os
+import re
+import socket
 import threading
 import time
 from typing import Any
@@ -44,6 +46,31 @@ _FORMATS: tuple[str | None, ...] = ("json_schema", "json_object", None)
 
 class _Rejected(LLMError):
     """HTTP 400/422: the server refused a parameter of the request."""
+
+
+# A preflight that waits longer than this for a server is waiting for one that is not there.
+PREFLIGHT_TIMEOUT_S = 5.0
+
+
+def shown_url(url: str) -> str:
+    """`url` as messages show it: without user:password@ or a query (where keys may hide)."""
+    return re.sub(r"//[^/@]*@", "//", url).split("?", 1)[0]
+
+
+def why_unreachable(exc: httpx.TransportError, timeout_s: float) -> str:
+    """What a failed connection says to a person: refused, no such host, or no answer."""
+    if isinstance(exc, httpx.TimeoutException):
+        return f"no answer within {timeout_s:g} s"
+    cause: BaseException | None = exc
+    for _ in range(8):  # the socket error sits a few causes down
+        if cause is None:
+            break
+        if isinstance(cause, socket.gaierror):
+            return "host name not found"
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        cause = cause.__cause__ or cause.__context__
+    return f"{type(exc).__name__}: {exc}".replace("\n", " ")
 
 
 def _api_base(url: str) -> str:
@@ -90,7 +117,10 @@ class OpenAICompatBackend(LLMBackend):
         self._format = _FORMATS[0] if settings.structured_output else None
 
     def __repr__(self) -> str:  # never shows the key
-        return f"OpenAICompatBackend(base_urls={self.base_urls!r}, model={self.model_id!r})"
+        shown = [shown_url(u) for u in self.base_urls]
+        return (
+            f"OpenAICompatBackend(base_urls={shown!r}, model={getattr(self, 'model_id', None)!r})"
+        )
 
     # -- transport ------------------------------------------------------------------------
     def _post(self, slot: int, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -123,7 +153,7 @@ class OpenAICompatBackend(LLMBackend):
             return
         if code in _FATAL:
             hint = _FATAL[code].replace("${env}", f"${self.api_key_env}")
-            raise FatalLLMError(f"llm: {self.base_url}: {hint}")
+            raise FatalLLMError(f"llm: {shown_url(self.base_url)}: {hint}")
         detail = resp.text[:200].replace("\n", " ")
         if code in (400, 422) or (code == 500 and "response_format" in detail):
             # llama-cpp-python's server answers a request it cannot validate with 500
@@ -134,21 +164,64 @@ class OpenAICompatBackend(LLMBackend):
             )
         raise LLMError(f"HTTP {code}: {detail}")
 
-    def _served_model(self) -> str:
-        """The first model a server lists, when the spec names none (llama.cpp serves one)."""
+    def _probe(self, slot: int) -> httpx.Response | str:
+        """GET /models on replica `slot` with a short timeout: the response (any status: the
+        server answers), or why nothing answered."""
+        timeout = min(self.settings.timeout_s, PREFLIGHT_TIMEOUT_S)
         try:
-            resp = self._clients[0].get("/models")
-        except httpx.HTTPError as exc:
-            raise UserError(
-                f"--base-url: cannot reach {self.base_url} ({type(exc).__name__}); start the "
-                "server (infra/llama-cpp/serve.sh) or fix the URL"
-            ) from None
+            return self._clients[slot].get("/models", timeout=timeout)
+        except httpx.TransportError as exc:
+            return why_unreachable(exc, timeout)
+
+    def _unreachable(self, urls: list[str], reasons: list[str]) -> UserError:
+        where = "; ".join(f"{shown_url(u)} ({r})" for u, r in zip(urls, reasons, strict=True))
+        return UserError(
+            f"--base-url: cannot reach {where}; start the server (infra/llama-cpp/serve.sh) "
+            "or fix --base-url (llm.base_url in the spec)"
+        )
+
+    def preflight(self) -> None:
+        """Fail at once when no replica answers; replicas that do not answer are left out (a
+        dead replica fails fast, so it would draw the most requests). A refused key (401/403)
+        fails here too; any other status means the server is there."""
+        answers = {slot: self._probe(slot) for slot in range(len(self._clients))}
+        dead = [slot for slot, got in answers.items() if isinstance(got, str)]
+        if len(dead) == len(self._clients):
+            raise self._unreachable(self.base_urls, [str(answers[s]) for s in dead])
+        for got in answers.values():
+            if isinstance(got, httpx.Response) and got.status_code in (401, 403):
+                self._raise_for_status(got)
+        if dead:
+            log.warning(
+                "llm: leaving out replicas that do not answer: %s",
+                ", ".join(f"{shown_url(self.base_urls[s])} ({answers[s]})" for s in dead),
+            )
+            live = [slot for slot in range(len(self._clients)) if slot not in dead]
+            for slot in dead:
+                self._clients[slot].close()
+            with self._lock:
+                self._clients = [self._clients[s] for s in live]
+                self.base_urls = [self.base_urls[s] for s in live]
+                self._in_flight = [0] * len(live)
+                self.base_url = self.base_urls[0]
+
+    def _served_model(self) -> str:
+        """The first model the first answering replica lists, when the spec names none
+        (llama.cpp serves one)."""
+        reasons: list[str] = []
+        for slot in range(len(self._clients)):
+            resp = self._probe(slot)
+            if isinstance(resp, httpx.Response):
+                break
+            reasons.append(resp)
+        else:
+            raise self._unreachable(self.base_urls, reasons)
         self._raise_for_status(resp)
         try:
             return str(resp.json()["data"][0]["id"])
         except (ValueError, KeyError, IndexError, TypeError):
             raise UserError(
-                f"--model: {self.base_url}/models lists no model; pass --model NAME"
+                f"--model: {shown_url(self.base_url)}/models lists no model; pass --model NAME"
             ) from None
 
     # -- one request ----------------------------------------------------------------------
@@ -206,7 +279,7 @@ class OpenAICompatBackend(LLMBackend):
                         self._format = _FORMATS[_FORMATS.index(fmt) + 1]
                 log.info(
                     "llm: %s refused response_format %r; trying %r",
-                    self.base_url,
+                    shown_url(self.base_url),
                     fmt,
                     self._format,
                 )

@@ -117,6 +117,9 @@ def test_build_domain_end_to_end_then_rerun_recomputes_nothing(tiny_domain, home
     methods = {r["method"] for r in first["evaluate"]["runs"]}
     assert {"zeroshot", "cupl", "linear_probe"} < methods and len(methods) == 5  # + aape, lambda 0
     assert Path(first["evaluate"]["report"]["markdown"]).is_file()
+    quality = Path(first["bank_quality"]["report"])  # every rebuild shows its bank's quality
+    assert "| descriptions with a negative margin |" in quality.read_text()
+    assert 0.0 <= first["bank_quality"]["negative_share"] <= 1.0
 
     again = build_domain(params)
     assert again["embed"]["encoded"] == 0 and again["features"]["computed_rows"] == 0
@@ -129,3 +132,4 @@ def test_build_domain_end_to_end_then_rerun_recomputes_nothing(tiny_domain, home
     names = {r.name for r in runs}
     assert "build-tiny-textures-folder-aape-tiny" in names
     assert "train-tiny-textures-folder-aape-tiny-k2-s1" in names
+    assert "bank-quality-tiny-textures-folder-aape-tiny" in names

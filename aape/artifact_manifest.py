@@ -1,0 +1,76 @@
+"""An artifact's manifest: the sha256 of each of its files, written by `aape export` and checked
+before anything in the folder is believed.
+
+An artifact whose `config.json` or weights were edited after export is refused: a changed config
+would otherwise silently change predictions. The manifest covers the other files, not itself;
+a hand-made manifest that matches hand-edited files is then checked like any config (valid
+JSON, a positive integer `dim`, weights of that size).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from prompt_banks.errors import UserError
+from prompt_banks.json_files import read_json
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "aape-artifact-manifest/1"
+REEXPORT = "export it again with `aape export` instead of editing it"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: Path, names: Iterable[str]) -> Path:
+    """Write `manifest.json` into `folder` for the files `names` (already written there)."""
+    files = {name: sha256_file(folder / name) for name in sorted(names)}
+    path = folder / MANIFEST_NAME
+    path.write_text(
+        json.dumps({"format": MANIFEST_FORMAT, "sha256": files}, indent=2) + "\n", encoding="utf-8"
+    )
+    return path
+
+
+def verify_manifest(folder: Path, required: Iterable[str]) -> None:
+    """Refuse an artifact whose files are not those the manifest lists, byte for byte; the
+    `required` files must be among them."""
+    path = folder / MANIFEST_NAME
+    if not path.is_file():
+        raise UserError(
+            f"--artifact: {folder} has no {MANIFEST_NAME} (made by an older aape or by hand); "
+            "export it again with `aape export`"
+        )
+    manifest = read_json(path, "--artifact", REEXPORT)
+    files = manifest.get("sha256")
+    if manifest.get("format") != MANIFEST_FORMAT or not isinstance(files, dict):
+        raise UserError(f"--artifact: {path} is not a {MANIFEST_FORMAT} manifest; {REEXPORT}")
+    unlisted = sorted(set(required) - set(files))
+    if unlisted:
+        raise UserError(f"--artifact: {path} does not list {', '.join(unlisted)}; {REEXPORT}")
+    for name, digest in sorted(files.items()):
+        target = folder / str(name)
+        if not target.is_file():
+            raise UserError(f"--artifact: {target} is missing; {REEXPORT}")
+        if sha256_file(target) != digest:
+            raise UserError(
+                f"--artifact: {target} was changed after export (its sha256 is not the one in "
+                f"{MANIFEST_NAME}); {REEXPORT}"
+            )
+
+
+def problems(folder: Path, required: Iterable[str]) -> str | None:
+    """The manifest check as a finding for `aape doctor`: None when the artifact is intact."""
+    try:
+        verify_manifest(folder, required)
+    except UserError as exc:
+        return str(exc).removeprefix("--artifact: ")
+    return None
