@@ -65,4 +65,5 @@ def test_caption_and_vqa_end_to_end(
     report = tmp_path / "report.md"
     assert main(["vl", "caption-report", "--runs", *runs, "--out", str(report)]) == 0
     text = report.read_text()
+    assert report.with_suffix(".png").stat().st_size > 0  # the loss curves
     assert "| limber-k5 |" in text and "VQA 1-shot" in text and "Sample captions" in text

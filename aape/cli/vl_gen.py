@@ -83,6 +83,11 @@ def handle_report(args: argparse.Namespace) -> int:
             raise UserError(f"--out: {out} is a folder; pass a file such as report.md")
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text, encoding="utf-8")
+        folders = [Path(r) for r in args.runs if (Path(r) / "train.json").is_file()]
+        if folders:
+            from aape.vl.gen_report import loss_plot
+
+            loss_plot(folders, out.with_suffix(".png"))
     print(text)
     return 0
 
@@ -170,7 +175,7 @@ def register(vl_sub: argparse._SubParsersAction) -> None:
         """,
     )
     p.add_argument("--runs", nargs="+", required=True, help="run folders or eval-*.json files")
-    p.add_argument("--out", help="Markdown file to write (also printed)")
+    p.add_argument("--out", help="Markdown file to write (also printed; + a loss plot .png)")
     p.set_defaults(func=handle_report)
 
     p = command(

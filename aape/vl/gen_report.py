@@ -60,3 +60,28 @@ def markdown_report(evals: Sequence[dict[str, Any]]) -> str:
             lines += [f"- Q: {s['question']} A: \"{s['answer']}\" (truth \"{s['truth']}\", "
                       f"acc {s['accuracy']:.2f})" for s in res["samples"][:3]]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def loss_plot(runs: Sequence[str | Path], path: str | Path) -> Path:
+    """The next-token loss per training step of each run (its train.json), one line each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from aape.report import save_figure
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for run in map(Path, runs):
+        file = run / "train.json"
+        if not file.is_file():
+            raise UserError(f"--runs: {file} does not exist; train with `aape vl caption-train`")
+        saved = json.loads(file.read_text(encoding="utf-8"))
+        steps = [r["step"] for r in saved["history"]]
+        ax.plot(steps, [r["task"] for r in saved["history"]], label=run.name, lw=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("next-token loss")
+    ax.legend()
+    out = save_figure(fig, Path(path))
+    plt.close(fig)
+    return out
