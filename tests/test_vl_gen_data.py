@@ -72,3 +72,23 @@ def test_synthetic_vqa_files_read_back(tmp_path: Path) -> None:
     yes_no = vqa.items[1]
     assert yes_no.question.startswith("Is this a") and yes_no.answers[0] in ("yes", "no")
     assert json.loads(q.read_text())["info"]["description"].startswith("SYNTHETIC")
+
+
+def test_nocaps_cider_by_domain(tmp_path: Path) -> None:
+    """Each NoCaps domain scored alone, with its own IDF (as NoCaps' evaluation does)."""
+    from aape.vl.caption_metrics import cider_d_by_group
+    from aape.vl.vqa_data import nocaps_domains
+
+    path = nocaps_val(tmp_path, n_images=6)  # two images per domain (one alone has IDF 0)
+    domains = nocaps_domains(path)
+    assert set(domains.values()) == {"in-domain", "near-domain", "out-domain"}
+    ds = read_captions("coco", path, images=str(tmp_path / "validation"), name="nocaps-val",
+                       split="test")  # fmt: skip
+    refs = {im.image_id: im.captions for im in ds.images}
+    first = ds.images[0].image_id
+    cands = {k: "a dog" for k in refs} | {first: refs[first][0]}
+    by = cider_d_by_group(refs, cands, domains, tokenizer="python")
+    assert set(by) == {"in-domain", "near-domain", "out-domain"}
+    assert by[domains[first]] > by[next(d for k, d in domains.items() if k != first)]
+    with pytest.raises(UserError, match="--nocaps-file"):
+        nocaps_domains(tmp_path / "missing.json")

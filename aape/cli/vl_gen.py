@@ -56,16 +56,22 @@ def handle_eval(args: argparse.Namespace) -> int:
     )
     if vqa is not None and "synthetic" in vqa.subtype:
         vqa.synthetic = True
+    domains = None
+    if args.nocaps_file:
+        from aape.vl.vqa_data import nocaps_domains
+
+        domains = nocaps_domains(args.nocaps_file)
     opts = DecodeOptions(args.decoding, args.beams, args.max_tokens, args.batch_size)
     out = evaluate_run(
         args.run, _clip_ref(args), home=args.home, dataset=args.dataset, split=args.split,
         vqa=vqa, support=support, shots=args.shots, opts=opts, tokenizer=args.tokenizer,
-        max_images=args.max_images, progress=not args.quiet,
+        max_images=args.max_images, domains=domains, progress=not args.quiet,
     )  # fmt: skip
     summary = {"method": out["method"]}
     if "captioning" in out:
         c = out["captioning"]
-        summary |= {k: c[k] for k in ("cider_d", "clip_score", "ref_clip_score", "tokenizer")}
+        keys = ("cider_d", "cider_d_by_domain", "clip_score", "ref_clip_score", "tokenizer")
+        summary |= {k: c[k] for k in keys}
         summary["samples"] = c["samples"][:3]
     if "vqa" in out:
         summary["vqa_accuracy"] = {k: v["accuracy"] for k, v in out["vqa"]["by_shots"].items()}
@@ -139,7 +145,8 @@ def register(vl_sub: argparse._SubParsersAction) -> None:
         help="captions (CIDEr-D, CLIPScore, RefCLIPScore) and VQAv2 accuracy of a trained run",
         examples="""
         aape vl caption-eval --run runs/coco-aape --dataset coco --split test
-        aape vl caption-eval --run runs/coco-aape --dataset nocaps-val --decoding beam
+        aape vl caption-eval --run runs/coco-aape --dataset nocaps-val --decoding beam \\
+            --nocaps-file nocaps_val_4500_captions.json
         aape vl caption-eval --run runs/coco-aape \\
             --questions v2_OpenEnded_mscoco_val2014_questions.json \\
             --annotations v2_mscoco_val2014_annotations.json --images val2014 --shots 0,1,2,4
@@ -148,6 +155,7 @@ def register(vl_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", required=True, help="a run folder of `aape vl caption-train`")
     p.add_argument("--dataset", help="caption dataset to caption (its references score them)")
     p.add_argument("--split", default="test", help="caption split (default test)")
+    p.add_argument("--nocaps-file", help="NoCaps captions JSON: also CIDEr-D per domain")
     p.add_argument("--questions", help="VQAv2 questions JSON")
     p.add_argument("--annotations", help="VQAv2 annotations JSON")
     p.add_argument("--images", help="the questions' image folder")

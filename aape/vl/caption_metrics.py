@@ -142,3 +142,19 @@ def clip_scores(
     ref_s = sims.masked_fill(~own, float("-inf")).amax(1).clamp_min(0.0)
     harmonic = 2 * clip_s * ref_s / (clip_s + ref_s)
     return clip_s, torch.where(clip_s + ref_s > 0, harmonic, torch.zeros_like(harmonic))
+
+
+def cider_d_by_group(
+    references: Mapping[str, Sequence[str]],
+    candidates: Mapping[str, str],
+    group: Mapping[str, str],
+    tokenizer: TokenizerName = "auto",
+) -> dict[str, float]:
+    """CIDEr-D of each group of images (NoCaps' in-/near-/out-domain), each with the IDF of its
+    own references, as NoCaps' evaluation scores each domain separately."""
+    out = {}
+    for name in sorted({group[k] for k in candidates if k in group}):
+        keys = [k for k in candidates if group.get(k) == name]
+        out[name] = cider_d({k: references[k] for k in keys}, {k: candidates[k] for k in keys},
+                            tokenizer)[0]  # fmt: skip
+    return out

@@ -10,7 +10,13 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from aape.vl.caption_metrics import CLIP_PROMPT, TokenizerName, cider_d, clip_scores
+from aape.vl.caption_metrics import (
+    CLIP_PROMPT,
+    TokenizerName,
+    cider_d,
+    cider_d_by_group,
+    clip_scores,
+)
 from aape.vl.generation import Decoding, decode
 from aape.vl.lm import FrozenLM
 from aape.vl.prefix import ImageSeg, PrefixModel, Segment, TextSeg, build_inputs
@@ -69,17 +75,17 @@ def evaluate_captions(
     opts: DecodeOptions,
     tokenizer: TokenizerName = "auto",
     prompt: str = "",
+    domains: dict[str, str] | None = None,
 ) -> dict[str, object]:
     """Captions for the images x [N, d] (after the training's caption prompt) and their scores
-    against the references."""
+    against the references; `domains` (image id -> group, NoCaps) adds CIDEr-D per group."""
     seqs: list[list[Segment]] = [[ImageSeg(i), TextSeg(prompt)] for i in range(len(x))]
     captions = _generate(lm, model, x, seqs, [opts.max_tokens] * len(x), opts, "captions")
     keys = [str(i) for i in image_ids]
-    cider, per_image, used = cider_d(
-        {k: list(r) for k, r in zip(keys, references, strict=True)},
-        dict(zip(keys, captions, strict=True)),
-        tokenizer,
-    )
+    refs_by_key = {k: list(r) for k, r in zip(keys, references, strict=True)}
+    cands = dict(zip(keys, captions, strict=True))
+    cider, per_image, used = cider_d(refs_by_key, cands, tokenizer)
+    by_domain = cider_d_by_group(refs_by_key, cands, domains, used) if domains else {}
     cand = encode_texts(clip, [CLIP_PROMPT + c for c in captions]).embeddings
     flat = [r for refs in references for r in refs]
     owner = torch.tensor([i for i, refs in enumerate(references) for _ in refs])
@@ -96,6 +102,7 @@ def evaluate_captions(
         "max_tokens": opts.max_tokens,
         "tokenizer": used,
         "cider_d": cider,
+        "cider_d_by_domain": by_domain,
         "clip_score": float(clip_s.mean()) if len(keys) else 0.0,
         "ref_clip_score": float(ref_s.mean()) if len(keys) else 0.0,
         "per_image_cider_d": per_image,

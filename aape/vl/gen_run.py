@@ -136,6 +136,7 @@ def evaluate_run(
     opts: DecodeOptions | None = None,
     tokenizer: str = "auto",
     max_images: int | None = None,
+    domains: dict[str, str] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Captioning on `dataset`/`split` and/or VQA on `vqa` (few-shot examples from `support`,
@@ -152,7 +153,7 @@ def evaluate_run(
     out["train"] = {"dataset": saved["train_dataset"], **saved["summary"]}
     with cpu_threads(cfg.cpu_threads, lm.device):
         out |= _evaluations(lm, model, cfg, clip, home, dataset, split, vqa, support, shots, opts,
-                            tokenizer, max_images, progress)  # fmt: skip
+                            tokenizer, max_images, domains, progress)  # fmt: skip
     name = "-".join(p for p in (dataset, vqa.name if vqa else None) if p)
     (folder / f"eval-{name}.json").write_text(json.dumps(out, indent=2))
     return out
@@ -162,7 +163,7 @@ def _evaluations(
     lm: FrozenLM, model: PrefixModel, cfg: GenConfig, clip: LoadedCLIP, home: Home,
     dataset: str | None, split: str, vqa: VQASet | None, support: VQASet | None,
     shots: Sequence[int], opts: DecodeOptions, tokenizer: str, max_images: int | None,
-    progress: bool,
+    domains: dict[str, str] | None, progress: bool,
 ) -> dict[str, Any]:  # fmt: skip
     out: dict[str, Any] = {}
     if dataset is not None:
@@ -173,7 +174,18 @@ def _evaluations(
         ids = test.captions.image_ids
         if max_images is not None:
             x, refs, ids = x[:max_images], refs[:max_images], ids[:max_images]
-        cap = evaluate_captions(lm, model, x, ids, refs, clip, opts, tokenizer, cfg.caption_prompt)  # type: ignore[arg-type]
+        cap = evaluate_captions(
+            lm,
+            model,
+            x,
+            ids,
+            refs,
+            clip,
+            opts,
+            tokenizer,
+            cfg.caption_prompt,
+            domains,  # type: ignore[arg-type]
+        )  # type: ignore[arg-type]
         out["captioning"] = {"dataset": dataset, "split": split, **cap}
     if vqa is not None:
         pool = support if support is not None else vqa

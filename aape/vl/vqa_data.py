@@ -174,3 +174,17 @@ def write_synthetic_vqa(
     qfile.write_text(json.dumps({**common, "task_type": "Open-Ended", "questions": questions}))
     afile.write_text(json.dumps({**common, "annotations": annotations}))
     return qfile, afile, images
+
+
+def nocaps_domains(path: str | os.PathLike[str]) -> dict[str, str]:
+    """`file_name` -> `domain` (in-domain | near-domain | out-domain) of a NoCaps captions file."""
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"--nocaps-file: {file} does not exist; pass nocaps_val_4500_captions.json")
+    try:
+        images = json.loads(file.read_text(encoding="utf-8"))["images"]
+        return {str(im["file_name"]): str(im["domain"]) for im in images}
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(
+            f"--nocaps-file: {file} is not a NoCaps captions file (images[].file_name/domain)"
+        ) from exc
