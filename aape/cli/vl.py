@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from aape.cli import vl_gen
 from aape.cli.common import add_clip, add_config_args, add_home, command, int_list
 from prompt_banks.errors import UserError
 
@@ -268,6 +269,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_config_args(p, "RetrievalConfig")
     p.set_defaults(func=handle_simulate)
+    vl_gen.register(vl_sub)  # captioning and VQA (aape/cli/vl_gen.py)
 
     p = command(
         sub,

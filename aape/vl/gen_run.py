@@ -1,0 +1,204 @@
+"""Captioning and VQA stages against one home, as the CLI and the Prefect flow run them:
+train a prefix on a caption dataset's cached features -> evaluate captions on a caption split
+-> evaluate VQA on a VQAv2-format question set (features cached on first use).
+
+A run folder holds `prefix.pt` (the trainable weights, config, history) and `train.json`;
+evaluations write `eval-<name>.json`; `write_report` makes the Markdown table of many runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aape.datasets.base import ImageRecord
+from aape.features import extract_records, load_features
+from aape.train import save_atomic
+from aape.vl.bank import caption_store
+from aape.vl.gen_config import GenConfig
+from aape.vl.gen_eval import DecodeOptions, evaluate_captions, evaluate_vqa
+from aape.vl.gen_train import CaptionTrainData, GenResult, check_config, train_prefix
+from aape.vl.lm import FrozenLM, cpu_threads, load_lm
+from aape.vl.prefix import PrefixModel
+from aape.vl.tasks import CaptionSplit, load_caption_split
+from aape.vl.vqa_data import VQASet
+from prompt_banks.clip import CLIPRef, LoadedCLIP, load_clip
+from prompt_banks.errors import UserError
+
+Home = str | os.PathLike[str] | None
+RUN_FILE = "prefix.pt"
+
+
+@functools.lru_cache(maxsize=2)
+def cached_lm(name: str, device: str, dtype: str) -> FrozenLM:
+    """One load per process (a minute for SmolLM2 from its GGUF on a slow CPU)."""
+    return load_lm(name, device=device, dtype=dtype)
+
+
+def per_image(split: CaptionSplit) -> tuple[torch.Tensor, list[list[str]]]:
+    """View-0 features [N, d] in bank image order and each image's captions."""
+    feats = split.features
+    first = feats.view == 0
+    x = torch.zeros(split.n_images, feats.dim)
+    x[feats.image_index[first]] = feats.x[first]
+    captions: list[list[str]] = [[] for _ in range(split.n_images)]
+    for text, img in zip(split.captions.texts, split.captions.caption_image.tolist(), strict=True):
+        captions[img].append(text)
+    return x, captions
+
+
+def train_run(
+    dataset: str, clip: CLIPRef, cfg: GenConfig, *, home: Home, out: str | os.PathLike[str],
+    progress: bool = True,
+) -> tuple[GenResult, Path]:  # fmt: skip
+    """Train on the dataset's train split; writes <out>/prefix.pt and <out>/train.json."""
+    check_config(cfg)
+    split = load_caption_split(
+        caption_store(home), home, dataset, clip.model_id, "train", max_view=0
+    )
+    x, captions = per_image(split)
+    bank, mask = split.captions.padded()
+    lm = cached_lm(cfg.lm, cfg.device, cfg.lm_dtype)
+    result = train_prefix(lm, CaptionTrainData(x, captions, bank, mask), cfg, progress=progress)
+    folder = Path(out)
+    state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
+    meta = {
+        "config": cfg.model_dump(),
+        "clip_model_id": clip.model_id,
+        "clip": {"model": clip.model, "pretrained": clip.pretrained},
+        "train_dataset": dataset,
+        "clip_dim": result.clip_dim,
+        "lm_dim": result.lm_dim,
+        "summary": result.summary(),
+    }
+    save_atomic({**meta, "state": state, "history": result.history}, folder / RUN_FILE)
+    (folder / "train.json").write_text(json.dumps({**meta, "history": result.history}, indent=2))
+    return result, folder
+
+
+def load_run(folder: str | os.PathLike[str]) -> tuple[PrefixModel, dict[str, Any], FrozenLM]:
+    path = Path(folder) / RUN_FILE
+    if not path.is_file():
+        raise UserError(f"--run: {path} does not exist; train one with `aape vl caption-train`")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    cfg = GenConfig(**saved["config"])
+    lm = cached_lm(cfg.lm, cfg.device, cfg.lm_dtype)
+    model = PrefixModel(int(saved["clip_dim"]), int(saved["lm_dim"]), cfg)
+    model.load_state_dict(saved["state"])
+    return model.to(lm.device).eval(), saved, lm
+
+
+def _check_clip(saved: dict[str, Any], clip: LoadedCLIP | CLIPRef, folder: Path) -> None:
+    if saved["clip_model_id"] != clip.model_id:
+        raise UserError(
+            f"--run: {folder} was trained with {saved['clip_model_id']}, not {clip.model_id}; "
+            "pass its --clip-model/--pretrained"
+        )
+
+
+def vqa_features(
+    vqa: VQASet, clip: LoadedCLIP, home: Home, *, progress: bool = True
+) -> tuple[torch.Tensor, dict[str, int]]:
+    """View-0 features of the set's images (cached under the set's name) and each one's row."""
+    images = vqa.images()
+    records = [ImageRecord(Path(p).name, 0, "", "test", p) for p in images]
+    report = extract_records(records, clip, home, dataset=vqa.name, n_views=0, progress=progress)
+    if report.unreadable:
+        raise UserError(
+            f"--images: {len(report.unreadable)} unreadable, e.g. {report.unreadable[0]}"
+        )
+    feats = load_features(
+        home, clip.model_id, vqa.name, "test", image_ids=[r.image_id for r in records], max_view=0
+    )
+    by_id = {image_id: i for i, image_id in enumerate(feats.image_ids)}
+    x = torch.zeros(len(images), feats.dim)
+    x[feats.image_index] = feats.x
+    row = {p: by_id[Path(p).name] for p in images}
+    return x, row
+
+
+def evaluate_run(
+    run: str | os.PathLike[str],
+    clip_ref: CLIPRef,
+    *,
+    home: Home,
+    dataset: str | None = None,
+    split: str = "test",
+    vqa: VQASet | None = None,
+    support: VQASet | None = None,
+    shots: Sequence[int] = (0,),
+    opts: DecodeOptions | None = None,
+    tokenizer: str = "auto",
+    max_images: int | None = None,
+    domains: dict[str, str] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Captioning on `dataset`/`split` and/or VQA on `vqa` (few-shot examples from `support`,
+    default the set itself); writes <run>/eval-<name>.json and returns it."""
+    folder = Path(run)
+    model, saved, lm = load_run(folder)
+    _check_clip(saved, clip_ref, folder)
+    if dataset is None and vqa is None:
+        raise UserError("eval: nothing to evaluate; pass --dataset and/or --questions")
+    clip = load_clip(clip_ref)
+    opts = opts or DecodeOptions()
+    cfg = GenConfig(**saved["config"])
+    out: dict[str, Any] = {"run": str(folder), "method": cfg.tag(), "config": saved["config"]}
+    out["train"] = {"dataset": saved["train_dataset"], **saved["summary"]}
+    with cpu_threads(cfg.cpu_threads, lm.device):
+        out |= _evaluations(lm, model, cfg, clip, home, dataset, split, vqa, support, shots, opts,
+                            tokenizer, max_images, domains, progress)  # fmt: skip
+    name = "-".join(p for p in (dataset, vqa.name if vqa else None) if p)
+    (folder / f"eval-{name}.json").write_text(json.dumps(out, indent=2))
+    return out
+
+
+def _evaluations(
+    lm: FrozenLM, model: PrefixModel, cfg: GenConfig, clip: LoadedCLIP, home: Home,
+    dataset: str | None, split: str, vqa: VQASet | None, support: VQASet | None,
+    shots: Sequence[int], opts: DecodeOptions, tokenizer: str, max_images: int | None,
+    domains: dict[str, str] | None, progress: bool,
+) -> dict[str, Any]:  # fmt: skip
+    out: dict[str, Any] = {}
+    if dataset is not None:
+        test = load_caption_split(
+            caption_store(home), home, dataset, clip.model_id, split, max_view=0
+        )
+        x, refs = per_image(test)
+        ids = test.captions.image_ids
+        if max_images is not None:
+            x, refs, ids = x[:max_images], refs[:max_images], ids[:max_images]
+        cap = evaluate_captions(
+            lm,
+            model,
+            x,
+            ids,
+            refs,
+            clip,
+            opts,
+            tokenizer,
+            cfg.caption_prompt,
+            domains,  # type: ignore[arg-type]
+        )  # type: ignore[arg-type]
+        out["captioning"] = {"dataset": dataset, "split": split, **cap}
+    if vqa is not None:
+        pool = support if support is not None else vqa
+        both = VQASet(vqa.name, vqa.subtype, vqa.items + [i for i in pool.items if pool is not vqa])
+        x, row = vqa_features(both, clip, home, progress=progress)
+        items = vqa.items[:max_images] if max_images is not None else vqa.items
+        out["vqa"] = {
+            "questions": vqa.name,
+            "support": pool.name,
+            "synthetic": vqa.synthetic,
+            "by_shots": {
+                str(k): evaluate_vqa(lm, model, x, row, items, pool.items, k, opts, cfg.seed)
+                for k in shots
+            },
+        }
+    return out
