@@ -13,26 +13,15 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from aape.bank_report import bank_report, store_texts, write_bank_report
-from aape.tasks import load_task
-from pipelines.common import shared_clip, short_model
-from pipelines.features import sized_dataset
+from pipelines.common import short_model
+from pipelines.features import drawn_task
 from pipelines.params import BankQualityParams
 from pipelines.train import runs_root
 
 
 @task(cache_policy=NO_CACHE)
 def report_bank(params: BankQualityParams) -> dict[str, Any]:
-    ds = sized_dataset(params.dataset, params.data_root, params.max_eval_images)
-    clip = shared_clip(params.clip)
-    task_ = load_task(
-        dataset=ds,
-        home=params.home,
-        clip=clip,
-        bank_domain=params.domain,
-        shots=params.shots,
-        seed=params.seed,
-        n_views=params.n_views,
-    )
+    task_ = drawn_task(params)
     texts, health = store_texts(params.home, params.domain, task_, tokens_of=task_.model_id)
     report = bank_report(task_, texts=texts, hygiene=health)
     out = runs_root(params.home, params.domain) / "bank-report" / task_.name

@@ -14,11 +14,12 @@ from prefect import flow, task, unmapped
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from aape.data import Task
 from aape.datasets import Dataset, ImageRecord, load_dataset
 from aape.features import compute_feature_rows, missing_jobs, write_feature_rows
-from aape.tasks import task_records, trim_eval
+from aape.tasks import load_task, task_records, trim_eval
 from pipelines.common import shards, shared_clip, short_model
-from pipelines.params import FeatureParams
+from pipelines.params import BankQualityParams, FeatureParams, TrainParams
 from pipelines.runner import make_task_runner
 
 Job = tuple[ImageRecord, list[int]]
@@ -27,6 +28,19 @@ Job = tuple[ImageRecord, list[int]]
 def sized_dataset(name: str, data_root: str | None, max_eval_images: int | None) -> Dataset:
     """The dataset, with at most `max_eval_images` per class in val and test when given."""
     return trim_eval(load_dataset(name, data_root), max_eval_images)
+
+
+def drawn_task(params: TrainParams | BankQualityParams) -> Task:
+    """The few-shot task of one draw (`params.shots`, `params.seed`) on the domain's bank."""
+    return load_task(
+        dataset=sized_dataset(params.dataset, params.data_root, params.max_eval_images),
+        home=params.home,
+        clip=shared_clip(params.clip),
+        bank_domain=params.domain,
+        shots=params.shots,
+        seed=params.seed,
+        n_views=params.n_views,
+    )
 
 
 @task(cache_policy=NO_CACHE)

@@ -16,10 +16,9 @@ from prefect.runtime import flow_run
 
 from aape.artifact import export_artifact
 from aape.protocols import inputs_of, run_dir
-from aape.tasks import load_task
 from aape.train import train as train_model
 from pipelines.common import clip_ref, shared_clip, short_model
-from pipelines.features import sized_dataset
+from pipelines.features import drawn_task
 from pipelines.params import TrainParams
 from prompt_banks.errors import UserError
 from prompt_banks.paths import artifacts_dir, runs_dir
@@ -45,17 +44,7 @@ def train_and_export(params: TrainParams) -> dict[str, Any]:
         raise UserError(
             f"config method: '{params.config.method}' has no artifact; the train flow trains aape"
         )
-    ds = sized_dataset(params.dataset, params.data_root, params.max_eval_images)
-    clip = shared_clip(params.clip)
-    task = load_task(
-        dataset=ds,
-        home=params.home,
-        clip=clip,
-        bank_domain=params.domain,
-        shots=params.shots,
-        seed=params.seed,
-        n_views=params.n_views,
-    )
+    task = drawn_task(params)
     cfg = params.config.model_copy(update={"seed": params.seed})
     folder = run_dir(
         runs_root(params.home, params.domain),
@@ -73,7 +62,7 @@ def train_and_export(params: TrainParams) -> dict[str, Any]:
         "method": cfg.tag(),
         "health": result.health,
         "train_seconds": result.train_seconds,
-        "untrained_clip": clip.untrained,
+        "untrained_clip": shared_clip(params.clip).untrained,
     }
 
 
