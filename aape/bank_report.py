@@ -137,6 +137,11 @@ def _pct(v: float) -> str:
     return f"{100 * v:.1f}"
 
 
+def _cell(text: str) -> str:
+    """A description as a Markdown table cell: a `|` in it would end the cell."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
 def markdown(report: dict[str, Any], plot: str | None = None) -> str:
     m, px = report["margin"], report["proxies"]
     lines = [
@@ -173,7 +178,8 @@ def markdown(report: dict[str, Any], plot: str | None = None) -> str:
             f"{row['median_margin']:.4f} | {row['near_duplicates']} | {h.get('dropped', '-')} | "
             f"{h.get('failed', '-')} | "
             f"{_pct(h['truncated_share']) + '%' if 'truncated_share' in h else '-'} | "
-            f"{best['text']} ({best['margin']:+.3f}) | {worst['text']} ({worst['margin']:+.3f}, "
+            f"{_cell(best['text'])} ({best['margin']:+.3f}) | {_cell(worst['text'])} "
+            f"({worst['margin']:+.3f}, "
             f"fits {worst['fits_best_besides_own']}) |"
         )
     if "attention" in report:

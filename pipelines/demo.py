@@ -162,6 +162,12 @@ def run_demo(home: str | None = None, fast: bool = False) -> int:
         f"features: {out['features']['computed_rows']} computed, "
         f"{out['features']['cached_rows']} reused"
     )
+    quality = out["bank_quality"]
+    print(
+        f"bank quality: {100 * quality['negative_share']:.0f}% of descriptions fit another class "
+        f"better; CuPL {100 * quality['cupl_acc']:.1f}% vs zero-shot "
+        f"{100 * quality['zeroshot_acc']:.1f}% on val ({quality['report']})"
+    )
     for line in results_table(out["evaluate"]["runs"], untrained):
         print(line)
     artifact = out["train"]["artifact"]
@@ -177,7 +183,11 @@ def run_demo(home: str | None = None, fast: bool = False) -> int:
         print(line)
     report = out["evaluate"]["report"]
     print(f"report: {report['markdown']}")
-    plots = [p for k, p in report.items() if k not in ("markdown", "csv")]
+    plots = [str(p) for p in report.values() if str(p).endswith(".png")]
     print(f"plots: {', '.join(plots) or 'none'}; table: {report['csv']}")
+    if "clip_benchmark" in report:
+        print(
+            f"CLIP_benchmark results: {report['clip_benchmark']} (`clip_benchmark build` reads it)"
+        )
     print(f"done in {time.monotonic() - started:.0f} s")
     return 0

@@ -28,7 +28,9 @@ def handle_report(args: Namespace) -> int:
         tokens_of = None if args.features_dir else task.model_id
         texts, health = store_texts(args.home, args.bank_domain, task, tokens_of=tokens_of)
     report = bank_report(task, texts=texts, hygiene=health, run=args.run)
-    out = Path(args.out) if args.out else runs_dir(args.home) / "bank-report" / name
+    # Beside the domain's runs, where `build_domain` writes it too.
+    where = runs_dir(args.home) / args.bank_domain if args.bank_domain else runs_dir(args.home)
+    out = Path(args.out) if args.out else where / "bank-report" / name
     paths = write_bank_report(task, report, out)
     if args.json:
         print(json.dumps(report, indent=2))
@@ -111,7 +113,9 @@ def register(bank_sub: argparse._SubParsersAction) -> None:
     _add_task_args(p)
     p.add_argument("--shots", type=positive_int, default=16, help="training images per class")
     p.add_argument("--run", help="an AAPE run on this bank: also show what its teacher weighs")
-    p.add_argument("--out", help="report folder (default: $AAPE_HOME/runs/bank-report/<task>)")
+    p.add_argument(
+        "--out", help="report folder (default: $AAPE_HOME/runs/[<domain>/]bank-report/<task>)"
+    )
     p.add_argument("--json", action="store_true", help="print the JSON instead of the Markdown")
     p.set_defaults(func=handle_report)
 
