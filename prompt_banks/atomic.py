@@ -1,7 +1,7 @@
 """Publish files atomically: write a hidden temp file beside the target, then `os.replace` it.
 
 A reader sees the old file, the whole new one, or nothing; never a half-written file. The temp
-name (`.<name>.<pid>.tmp`) is hidden and ends in `.tmp`, so globs such as `*.parquet` or
+name (`.<name>.<pid>.<random>.tmp`) is hidden and ends in `.tmp`, so globs such as `*.parquet` or
 `part-*.parquet` never list a file still being written.
 
 `publish_part` publishes a new Parquet part of an append-only store, to a local folder or to an
@@ -39,7 +39,9 @@ def atomic_path(path: str | os.PathLike[str], *, fsync: bool = False) -> Iterato
     fsync when `fsync`, so the rename never publishes data still in the page cache), on any
     error delete it and re-raise. The caller creates the folder."""
     final = Path(path)
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    # Unique per writer, threads of one process included: two writers of one file never share
+    # a temp file, and the last rename wins with a whole file.
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         yield tmp
         if fsync:

@@ -4,9 +4,9 @@ Layout under `<root>` (by default `$AAPE_HOME/banks`):
     descriptions/part-<time>-<uuid>.parquet
     embeddings/part-<time>-<uuid>.parquet
 
-A writer never touches an existing file: it writes `.<name>.<pid>.tmp` and renames it, so a reader
-listing `*.parquet` sees a whole file or nothing. Row keys make writes idempotent; if two writers
-race, readers still see each key once (the newest row wins).
+A writer never touches an existing file: it writes `.<name>.<pid>.<random>.tmp` and renames
+it, so a reader listing `*.parquet` sees a whole file or nothing. Row keys make writes
+idempotent; if two writers race, readers still see each key once (the newest row wins).
 
 The root is a local folder (first-class: fsync + `os.replace`) or an fsspec URL (`s3://...`,
 `gs://...`, `memory://...`); DuckDB reads URL roots through the same fsspec filesystem.

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import shutil
+import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -46,3 +49,21 @@ def tiny_clip():
     from prompt_banks.clip import CLIPRef, load_clip
 
     return load_clip(CLIPRef("aape-tiny"), device="cpu")
+
+
+@pytest.fixture(autouse=True)
+def _log_handlers_outlive_capture() -> Iterator[None]:
+    """Prefect (re)configures its log handlers with the streams of the moment: inside a test that
+    captures output (capsys), that is the test's stream, closed when the test ends. Handlers left
+    on a closed stream go back to the real stderr, so later tests' logs are not errors."""
+    yield
+    loggers = [logging.getLogger(), *(
+        lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+    )]  # fmt: skip
+    for handler in {h for lg in loggers for h in lg.handlers}:
+        stream = getattr(handler, "stream", None)
+        if stream is not None and getattr(stream, "closed", False):
+            handler.stream = sys.__stderr__  # not setStream: it flushes the closed one
+        console = getattr(handler, "console", None)  # Prefect's rich console keeps its own file
+        if console is not None and getattr(console.file, "closed", False):
+            console.file = sys.__stderr__

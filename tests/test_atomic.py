@@ -28,3 +28,18 @@ def test_writers_publish_json_and_parquet(tmp_path: Path) -> None:
     write_parquet_atomic(table, tmp_path / "x.parquet", fsync=True)
     assert pq.read_table(tmp_path / "x.parquet").equals(table)
     assert not list(tmp_path.glob(".*"))
+
+
+def test_threads_of_one_process_publish_one_file_at_once(tmp_path) -> None:
+    """Two threads writing the same file (a few-shot manifest of one draw) both succeed, and
+    the file is one of their whole texts."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from prompt_banks.atomic import write_text_atomic
+
+    target = tmp_path / "shots2-seed1.json"
+    texts = [f"{i}\n" * 20_000 for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda t: write_text_atomic(t, target), texts * 4))
+    assert target.read_text() in texts
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
