@@ -9,30 +9,22 @@ JSON, a positive integer `dim`, weights of that size).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
 
 from prompt_banks.errors import UserError
 from prompt_banks.json_files import read_json
+from prompt_banks.schema import file_sha256
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "aape-artifact-manifest/1"
 REEXPORT = "export it again with `aape export` instead of editing it"
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_manifest(folder: Path, names: Iterable[str]) -> Path:
     """Write `manifest.json` into `folder` for the files `names` (already written there)."""
-    files = {name: sha256_file(folder / name) for name in sorted(names)}
+    files = {name: file_sha256(folder / name) for name in sorted(names)}
     path = folder / MANIFEST_NAME
     path.write_text(
         json.dumps({"format": MANIFEST_FORMAT, "sha256": files}, indent=2) + "\n", encoding="utf-8"
@@ -60,7 +52,7 @@ def verify_manifest(folder: Path, required: Iterable[str]) -> None:
         target = folder / str(name)
         if not target.is_file():
             raise UserError(f"--artifact: {target} is missing; {REEXPORT}")
-        if sha256_file(target) != digest:
+        if file_sha256(target) != digest:
             raise UserError(
                 f"--artifact: {target} was changed after export (its sha256 is not the one in "
                 f"{MANIFEST_NAME}); {REEXPORT}"

@@ -31,6 +31,7 @@ from prompt_banks.clip_weights import (
     weights_digest,
 )
 from prompt_banks.errors import UserError
+from prompt_banks.schema import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -80,19 +81,11 @@ def legacy_model_id(ref: CLIPRef) -> str | None:
         for p in sorted(Path(ref.model.removeprefix(LOCAL_DIR)).iterdir()):
             if p.is_file():
                 h.update(p.name.encode())
-                h.update(_file_sha256(p)[:12].encode())
+                h.update(file_sha256(p)[:12].encode())
         return f"local-dir/{h.hexdigest()[:12]}"
     if ref.pretrained is not None and Path(ref.pretrained).is_file():
-        return f"{ref.model}/file-{_file_sha256(Path(ref.pretrained))[:12]}"
+        return f"{ref.model}/file-{file_sha256(Path(ref.pretrained))[:12]}"
     return None
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def is_model_id_of(ref: CLIPRef, model_id: str) -> bool:

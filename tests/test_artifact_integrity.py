@@ -14,10 +14,11 @@ from test_doctor import one_line_error
 from test_store import files_of
 
 from aape.artifact import export_artifact
-from aape.artifact_manifest import MANIFEST_NAME, sha256_file, write_manifest
+from aape.artifact_manifest import MANIFEST_NAME, write_manifest
 from aape.byof import write_task
 from aape.synthetic import make_task
 from aape.train import load_checkpoint
+from prompt_banks.schema import file_sha256
 
 FAST = ["--set", "recipe=adamw", "--set", "epochs=2", "--quiet"]
 REEXPORT = "export it again with `aape export` instead of editing it"
@@ -54,7 +55,7 @@ def test_export_writes_a_manifest_and_the_runs_metrics(exported, capsys, tmp_pat
     run_dir, art = exported
     manifest = json.loads((art / MANIFEST_NAME).read_text())
     assert manifest["sha256"] == {
-        name: sha256_file(art / name) for name in ("config.json", "weights.safetensors")
+        name: file_sha256(art / name) for name in ("config.json", "weights.safetensors")
     }
     saved = json.loads((run_dir / "metrics.json").read_text())
     metrics = json.loads((art / "config.json").read_text())["metrics"]
