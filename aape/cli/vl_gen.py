@@ -1,5 +1,5 @@
-"""CLI: `aape vl caption-train | caption-eval | caption-report | synthetic-vqa` (captioning and
-VQA with an AAPE prefix on a frozen LM)."""
+"""CLI: `aape vl caption-train | vqa-train | caption-eval | caption-report | synthetic-vqa`
+(captioning and VQA with an AAPE prefix on a frozen LM)."""
 
 from __future__ import annotations
 
@@ -44,6 +44,22 @@ def _vqa_set(questions: str | None, annotations: str | None, images: str | None,
     if not all(given):
         raise UserError(f"--{what}questions, --{what}annotations and --{what}images go together")
     return read_vqa(questions, annotations, images)  # type: ignore[arg-type]
+
+
+def handle_vqa_train(args: argparse.Namespace) -> int:
+    from aape.vl.gen_config import load_gen_config
+    from aape.vl.gen_vqa_train import vqa_train_run
+    from prompt_banks.paths import runs_dir
+
+    cfg = load_gen_config(args.config, args.set)
+    vqa = _vqa_set(args.questions, args.annotations, args.images, "")
+    out = args.out or runs_dir(args.home) / "captioning" / f"{vqa.name}-{cfg.tag()}"
+    result, folder, info = vqa_train_run(
+        vqa, _clip_ref(args), cfg, home=args.home, out=out, captions=args.captions,
+        progress=not args.quiet,
+    )  # fmt: skip
+    _print({"run": str(folder), "method": cfg.tag(), **info, **result.summary()})
+    return 0
 
 
 def handle_eval(args: argparse.Namespace) -> int:
@@ -132,12 +148,34 @@ def register(vl_sub: argparse._SubParsersAction) -> None:
         aape vl caption-train --dataset coco --set method=limber --out runs/limber
         aape vl caption-train --dataset coco --set lambda_distill=0 --set k=10
         aape vl caption-train --dataset coco --set h_mode=frozen --set h_init=runs/ret/artifact
+        aape vl caption-train --dataset flickr30k --set init_from=runs/coco-aape
         """,
     )
     p.add_argument("--dataset", required=True, help="an embedded caption dataset (train split)")
     p.add_argument("--out", help="run folder (default: <home>/runs/captioning/<dataset>-<tag>)")
     add_config_args(p, "GenConfig")
     _run_args(p, handle_train)
+
+    p = command(
+        vl_sub,
+        "vqa-train",
+        help="fine-tune a prefix on VQAv2 train questions (the fine-tuned VQA protocol)",
+        examples="""
+        aape vl vqa-train --questions v2_OpenEnded_mscoco_train2014_questions.json \
+            --annotations v2_mscoco_train2014_annotations.json --images coco/train2014 \
+            --captions coco --set init_from=runs/aape-lam5 --out runs/aape-lam5-vqa
+        aape vl vqa-train --questions q.json --annotations a.json --images imgs \
+            --set method=limber --set steps=2000 --out runs/limber-vqa-only
+        """,
+    )
+    p.add_argument("--questions", required=True, help="VQAv2 questions JSON (train split)")
+    p.add_argument("--annotations", required=True, help="VQAv2 annotations JSON (train split)")
+    p.add_argument("--images", required=True, help="the questions' image folder")
+    p.add_argument("--captions", help="embedded caption dataset whose images (matched by path) "
+                   "add L_distill + L_reward; without it L_task alone")  # fmt: skip
+    p.add_argument("--out", help="run folder (default: <home>/runs/captioning/<set>-<tag>)")
+    add_config_args(p, "GenConfig")
+    _run_args(p, handle_vqa_train)
 
     p = command(
         vl_sub,

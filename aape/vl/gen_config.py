@@ -26,6 +26,7 @@ class GenConfig(TrainConfig):
     prefix_position: PrefixPosition = "before"  # the AAPE tokens before or after the k tokens
     h_mode: HMode = "finetune"  # frozen: h keeps its initial (part 1) weights
     h_init: str | None = None  # a retrieval artifact folder (`aape vl train`) to start h from
+    init_from: str | None = None  # a run folder (prefix.pt) to start every trainable part from
     steps: int = Field(300, ge=1)
     batch_size: int = Field(16, ge=1)
     recipe: Literal["coop_sgd", "adamw"] = "adamw"

@@ -1,4 +1,7 @@
-"""The Markdown report of captioning/VQA evaluations: one row per run, then sample outputs."""
+"""The Markdown report of captioning/VQA evaluations: one row per run, then sample outputs.
+
+VQA columns are per protocol: "VQA K-shot" for a prefix trained on captions only (zero/few-shot,
+MAGMA's protocol), "VQA fine-tuned K-shot" for one fine-tuned on VQA train pairs."""
 
 from __future__ import annotations
 
@@ -29,16 +32,27 @@ def _num(value: Any, fmt: str = "{:.3f}") -> str:
     return "-" if value is None else fmt.format(value)
 
 
+def fine_tuned(e: dict[str, Any]) -> bool:
+    """Whether the evaluated run was fine-tuned on VQA pairs (`aape vl vqa-train`)."""
+    return str(e.get("vqa", {}).get("protocol", "")).startswith("fine-tuned")
+
+
+def _row_name(e: dict[str, Any]) -> str:
+    return f"{e['method']} + VQA fine-tuning" if fine_tuned(e) else e["method"]
+
+
 def markdown_report(evals: Sequence[dict[str, Any]]) -> str:
-    shots = sorted({int(k) for e in evals for k in e.get("vqa", {}).get("by_shots", {})})
+    columns = sorted(
+        {(fine_tuned(e), int(k)) for e in evals for k in e.get("vqa", {}).get("by_shots", {})}
+    )
     head = ["run", "train steps", "loss first -> last", "steps/s", "CIDEr-D", "CLIP-S", "RefCLIP-S"]
-    head += [f"VQA {k}-shot" for k in shots]
+    head += [f"VQA {'fine-tuned ' if ft else ''}{k}-shot" for ft, k in columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in evals:
         t, cap = e.get("train", {}), e.get("captioning", {})
         by = e.get("vqa", {}).get("by_shots", {})
         cells = [
-            e["method"],
+            _row_name(e),
             str(t.get("steps", "-")),
             f"{_num(t.get('task_loss_first'))} -> {_num(t.get('task_loss_last'))}",
             _num(t.get("steps_per_s"), "{:.2f}"),
@@ -46,17 +60,20 @@ def markdown_report(evals: Sequence[dict[str, Any]]) -> str:
             _num(cap.get("clip_score")),
             _num(cap.get("ref_clip_score")),
         ]
-        cells += [_num(by.get(str(k), {}).get("accuracy"), "{:.1f}") for k in shots]
+        cells += [
+            _num(by.get(str(k), {}).get("accuracy") if ft == fine_tuned(e) else None, "{:.1f}")
+            for ft, k in columns
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     for e in evals:
         cap = e.get("captioning")
         if cap:
-            lines += ["", f"Sample captions, {e['method']} ({cap['dataset']}/{cap['split']}, "
+            lines += ["", f"Sample captions, {_row_name(e)} ({cap['dataset']}/{cap['split']}, "
                       f"{cap['decoding']}, tokenizer {cap['tokenizer']}):", ""]  # fmt: skip
             lines += [f"- `{s['image']}`: \"{s['caption']}\" (ref: \"{s['references'][0]}\")"
                       for s in cap["samples"]]  # fmt: skip
         for k, res in sorted(e.get("vqa", {}).get("by_shots", {}).items()):
-            lines += ["", f"Sample answers, {e['method']}, {k}-shot:", ""]
+            lines += ["", f"Sample answers, {_row_name(e)}, {k}-shot:", ""]
             lines += [f"- Q: {s['question']} A: \"{s['answer']}\" (truth \"{s['truth']}\", "
                       f"acc {s['accuracy']:.2f})" for s in res["samples"][:3]]  # fmt: skip
     return "\n".join(lines) + "\n"

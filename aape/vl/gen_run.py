@@ -1,9 +1,11 @@
 """Captioning and VQA stages against one home, as the CLI and the Prefect flow run them:
 train a prefix on a caption dataset's cached features -> evaluate captions on a caption split
--> evaluate VQA on a VQAv2-format question set (features cached on first use).
+-> evaluate VQA on a VQAv2-format question set (features cached on first use). Fine-tuning on
+VQA pairs: `aape.vl.gen_vqa_train`.
 
 A run folder holds `prefix.pt` (the trainable weights, config, history) and `train.json`;
-evaluations write `eval-<name>.json`; `write_report` makes the Markdown table of many runs.
+evaluations write `eval-<name>.json`, with the VQA protocol the run's training implies
+(`vqa_protocol`); `aape.vl.gen_report` makes the Markdown table of many runs.
 """
 
 from __future__ import annotations
@@ -23,7 +25,14 @@ from aape.train import save_atomic
 from aape.vl.bank import caption_store
 from aape.vl.gen_config import GenConfig
 from aape.vl.gen_eval import DecodeOptions, evaluate_captions, evaluate_vqa
-from aape.vl.gen_train import CaptionTrainData, GenResult, check_config, train_prefix
+from aape.vl.gen_train import (
+    RUN_FILE,
+    GenResult,
+    caption_data,
+    check_config,
+    load_init,
+    train_prefix,
+)
 from aape.vl.lm import FrozenLM, cpu_threads, load_lm
 from aape.vl.prefix import PrefixModel
 from aape.vl.tasks import CaptionSplit, load_caption_split
@@ -32,7 +41,8 @@ from prompt_banks.clip import CLIPRef, LoadedCLIP, load_clip
 from prompt_banks.errors import UserError
 
 Home = str | os.PathLike[str] | None
-RUN_FILE = "prefix.pt"
+ZERO_SHOT = "zero/few-shot (trained on captions only)"
+FINE_TUNED = "fine-tuned (trained on VQA train pairs)"
 
 
 @functools.lru_cache(maxsize=2)
@@ -59,27 +69,42 @@ def train_run(
 ) -> tuple[GenResult, Path]:  # fmt: skip
     """Train on the dataset's train split; writes <out>/prefix.pt and <out>/train.json."""
     check_config(cfg)
+    init = load_init(cfg, clip.model_id)
     split = load_caption_split(
         caption_store(home), home, dataset, clip.model_id, "train", max_view=0
     )
     x, captions = per_image(split)
     bank, mask = split.captions.padded()
     lm = cached_lm(cfg.lm, cfg.device, cfg.lm_dtype)
-    result = train_prefix(lm, CaptionTrainData(x, captions, bank, mask), cfg, progress=progress)
+    data = caption_data(x, captions, bank, mask, cfg.caption_prompt)
+    result = train_prefix(lm, data, cfg, init=init and init["state"], progress=progress)
+    return result, save_run(result, clip, out, train_dataset=dataset, vqa_trained=False, init=init)
+
+
+def save_run(
+    result: GenResult, clip: CLIPRef, out: str | os.PathLike[str], *, train_dataset: str,
+    vqa_trained: bool, init: dict[str, Any] | None, extra: dict[str, Any] | None = None,
+) -> Path:  # fmt: skip
+    """<out>/prefix.pt (weights, config, history) and <out>/train.json (all but the weights).
+    `vqa_trained`: this run trained on VQA pairs; also recorded when the run it started from
+    (`init`, from `load_init`) or one before that did."""
     folder = Path(out)
     state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
     meta = {
-        "config": cfg.model_dump(),
+        "config": result.config.model_dump(),
         "clip_model_id": clip.model_id,
         "clip": {"model": clip.model, "pretrained": clip.pretrained},
-        "train_dataset": dataset,
+        "train_dataset": train_dataset,
+        "init_from": result.config.init_from,
+        "vqa_trained": vqa_trained or bool(init and init.get("vqa_trained")),
         "clip_dim": result.clip_dim,
         "lm_dim": result.lm_dim,
         "summary": result.summary(),
+        **(extra or {}),
     }
     save_atomic({**meta, "state": state, "history": result.history}, folder / RUN_FILE)
     (folder / "train.json").write_text(json.dumps({**meta, "history": result.history}, indent=2))
-    return result, folder
+    return folder
 
 
 def load_run(folder: str | os.PathLike[str]) -> tuple[PrefixModel, dict[str, Any], FrozenLM]:
@@ -150,10 +175,14 @@ def evaluate_run(
     opts = opts or DecodeOptions()
     cfg = GenConfig(**saved["config"])
     out: dict[str, Any] = {"run": str(folder), "method": cfg.tag(), "config": saved["config"]}
-    out["train"] = {"dataset": saved["train_dataset"], **saved["summary"]}
+    out["train"] = {"dataset": saved["train_dataset"], "init_from": saved.get("init_from"),
+                    **saved["summary"]}  # fmt: skip
+    protocol = FINE_TUNED if saved.get("vqa_trained") else ZERO_SHOT
     with cpu_threads(cfg.cpu_threads, lm.device):
         out |= _evaluations(lm, model, cfg, clip, home, dataset, split, vqa, support, shots, opts,
                             tokenizer, max_images, domains, progress)  # fmt: skip
+    if "vqa" in out:
+        out["vqa"]["protocol"] = protocol
     name = "-".join(p for p in (dataset, vqa.name if vqa else None) if p)
     (folder / f"eval-{name}.json").write_text(json.dumps(out, indent=2))
     return out

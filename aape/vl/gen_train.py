@@ -1,10 +1,13 @@
 """Training the prefix on cached CLIP features with a frozen LM.
 
-One step: B images drawn at random (seeded), one of each image's captions drawn at random;
-the LM reads [prefix(x)] caption <eos> and L_task is its next-token loss on the caption and
-<eos>. For `aape`, p_a = aggregator(x, the image's own CLIP-embedded captions) as in retrieval,
-L = L_task + lambda * L_distill(h(x), p_a) + L_reward(x, p_a) (`aape.losses`). AdamW with a
-linear warm-up then cosine decay over the steps. CLIP and the LM never train.
+The data is generic: per image, (prompt, target) text pairs. Captioning: (the caption prompt,
+a caption); VQA fine-tuning: ("Q: {question} A:", " {answer}"). One step: B images drawn at
+random (seeded), one of each image's pairs drawn at random; the LM reads [prefix(x)] prompt
+target <eos> and L_task is its next-token loss on the target and <eos>. For `aape`, p_a =
+aggregator(x, the image's own CLIP-embedded captions) as in retrieval, L = L_task + lambda *
+L_distill(h(x), p_a) + L_reward(x, p_a) (`aape.losses`), both over the batch's images that have
+captions (L_task alone for the others). AdamW with a linear warm-up then cosine decay over the
+steps. CLIP and the LM never train. `init_from` starts from a saved run's weights.
 """
 
 from __future__ import annotations
@@ -12,7 +15,10 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from pickle import UnpicklingError
 from typing import Any
 
 import torch
@@ -26,19 +32,33 @@ from aape.vl.lm import FrozenLM, cpu_threads
 from aape.vl.prefix import ImageSeg, PrefixModel, TextSeg, build_inputs, next_token_loss
 from prompt_banks.errors import UserError
 
+RUN_FILE = "prefix.pt"  # a run folder's weights, config and history
+Pair = tuple[str, str]  # (prompt, target): the LM reads [prefix] prompt target <eos>
+
 
 @dataclass
-class CaptionTrainData:
-    """Training images: view-0 CLIP features, captions (text and CLIP embedding, padded)."""
+class TrainData:
+    """Training images: view-0 CLIP features, each image's (prompt, target) pairs, and the CLIP
+    embeddings of its captions (padded; an all-False mask row: no captions, L_task only)."""
 
     x: torch.Tensor  # [N, d]
-    captions: list[list[str]]  # per image
+    pairs: list[list[Pair]]  # per image, at least one
     bank: torch.Tensor  # [N, n, d] CLIP embeddings of the captions
     mask: torch.Tensor  # [N, n]
 
     def __post_init__(self) -> None:
-        if len(self.x) == 0:
-            raise UserError("training data: no image with captions; import and embed some first")
+        if len(self.x) == 0 or not all(self.pairs):
+            raise UserError(
+                "training data: no image with a caption or question; import and embed some first"
+            )
+
+
+def caption_data(
+    x: torch.Tensor, captions: Sequence[Sequence[str]], bank: torch.Tensor, mask: torch.Tensor,
+    prompt: str,
+) -> TrainData:  # fmt: skip
+    """Captioning: each image's captions after the caption prompt."""
+    return TrainData(x, [[(prompt, c) for c in caps] for caps in captions], bank, mask)
 
 
 @dataclass
@@ -87,14 +107,74 @@ def load_h_init(model: PrefixModel, cfg: GenConfig) -> None:
 
 def check_config(cfg: GenConfig) -> None:
     """What a config must hold before anything loads."""
-    if cfg.method == "aape" and cfg.h_mode == "frozen" and cfg.h_init is None:
-        raise UserError("h_mode=frozen needs h_init: a retrieval artifact from `aape vl train`")
+    frozen = cfg.method == "aape" and cfg.h_mode == "frozen"
+    if frozen and cfg.h_init is None and cfg.init_from is None:
+        raise UserError(
+            "h_mode=frozen needs h_init (a retrieval artifact from `aape vl train`) or init_from"
+        )
+
+
+# Fields a run started from another must share with it (the weights' shapes and meaning).
+INIT_FIELDS = ("method", "lm", "k", "aape_tokens", "prefix_position", "aggregator")
+# What torch.load and GenConfig raise on a file that is not a run's prefix.pt.
+UNREADABLE = (OSError, EOFError, RuntimeError, KeyError, TypeError, ValueError, UnpicklingError)
+
+
+def load_init(cfg: GenConfig, clip_model_id: str) -> dict[str, Any] | None:
+    """The saved run `init_from` names (its `state` holds the weights), after checking that it
+    fits this config and CLIP; None without init_from."""
+    if cfg.init_from is None:
+        return None
+    path = Path(cfg.init_from) / RUN_FILE
+    how = "set init_from to a run folder of `aape vl caption-train` or `aape vl vqa-train`"
+    if not path.is_file():
+        raise UserError(f"init_from: {path} does not exist; {how}")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        source = GenConfig(**saved["config"])
+    except UNREADABLE as exc:
+        raise UserError(f"init_from: cannot read {path} ({type(exc).__name__}); {how}") from exc
+    if saved.get("clip_model_id") != clip_model_id:
+        raise UserError(
+            f"init_from: {cfg.init_from} was trained with CLIP {saved.get('clip_model_id')}, "
+            f"not {clip_model_id}; pass its --clip-model/--pretrained"
+        )
+    for name in INIT_FIELDS:
+        theirs, ours = getattr(source, name), getattr(cfg, name)
+        if theirs != ours:
+            raise UserError(
+                f"init_from: {cfg.init_from} has {name}={theirs}, this config {name}={ours}; "
+                f"set {name}={theirs} or start from another run"
+            )
+    return saved
+
+
+def _start_weights(model: PrefixModel, init: dict[str, torch.Tensor] | None, cfg: GenConfig):
+    if init is None:
+        return
+    try:
+        model.load_state_dict(init)
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[0][:160]
+        raise UserError(
+            f"init_from: {cfg.init_from}'s weights do not fit this config ({reason}); use the "
+            "same aggregator settings as that run"
+        ) from exc
 
 
 def train_prefix(
-    lm: FrozenLM, data: CaptionTrainData, cfg: GenConfig, *, progress: bool = True
+    lm: FrozenLM,
+    data: TrainData,
+    cfg: GenConfig,
+    *,
+    init: dict[str, torch.Tensor] | None = None,
+    batch_features: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    progress: bool = True,
 ) -> GenResult:
-    """Train the prefix for `cfg.steps` steps; deterministic for a seed on one device."""
+    """Train the prefix for `cfg.steps` steps from `init` (`load_init`) or a seeded random
+    start; deterministic for a seed on one device. `batch_features(idx)` gives the CLIP
+    features of the images at `idx` when they are not to be read from `data.x` (the bench
+    encodes them every step)."""
     check_config(cfg)
     device = lm.device
     clip_dim = int(data.x.shape[1])
@@ -102,6 +182,7 @@ def train_prefix(
         torch.manual_seed(cfg.seed)
         model = PrefixModel(clip_dim, lm.dim, cfg)
     load_h_init(model, cfg)
+    _start_weights(model, init, cfg)
     model = model.to(device).train()
     opt = torch.optim.AdamW(
         model.trainable(cfg), lr=cfg.adamw_lr, weight_decay=cfg.adamw_weight_decay
@@ -110,6 +191,7 @@ def train_prefix(
     agg_gen = torch.Generator(device=device).manual_seed(cfg.seed)
     x_all = F.normalize(data.x.float(), dim=-1).to(device)
     bank, mask = data.bank.to(device), data.mask.to(device)
+    has_captions = mask.any(1)
     history: list[dict[str, float]] = []
     n, size = len(x_all), min(cfg.batch_size, len(x_all))
     bar = tqdm(range(cfg.steps), desc=f"train {cfg.tag()}", disable=not progress)
@@ -119,27 +201,34 @@ def train_prefix(
             for group in opt.param_groups:
                 group["lr"] = step_lr(cfg, step)
             images = rng.sample(range(n), size)
-            texts = [rng.choice(data.captions[i]) for i in images]
+            pairs = [rng.choice(data.pairs[i]) for i in images]
             idx = torch.tensor(images, device=device)
-            x = x_all.index_select(0, idx)
+            if batch_features is None:
+                x = x_all.index_select(0, idx)
+            else:
+                x = F.normalize(batch_features(idx).float(), dim=-1)
             prefixes, h = model(x)
             seqs = [
                 [
                     ImageSeg(j),
-                    TextSeg(cfg.caption_prompt),
-                    TextSeg(t, loss=True, eos=True, max_tokens=cfg.max_caption_tokens),
+                    TextSeg(prompt),
+                    TextSeg(target, loss=True, eos=True, max_tokens=cfg.max_caption_tokens),
                 ]
-                for j, t in enumerate(texts)
+                for j, (prompt, target) in enumerate(pairs)
             ]
             embeds, attn, labels = build_inputs(lm, prefixes, seqs, pad_left=False)
             task = next_token_loss(lm, embeds, attn, labels)
             zero = task.new_zeros(())
             distill, reward = zero, zero
-            if h is not None:
-                p_a = model.aggregator(x, bank, mask, idx, generator=agg_gen)
-                grad = cfg.distill_grad_to_aggregator
-                distill = distill_loss(h, p_a, grad_to_teacher=grad) if cfg.lambda_distill else zero
-                reward = reward_loss(x, p_a, cfg.reward_scale)
+            with_caps = has_captions.index_select(0, idx)
+            if h is not None and bool(with_caps.any()):
+                rows = with_caps.nonzero().squeeze(1)
+                xs, hs, ids = x[rows], h[rows], idx[rows]
+                p_a = model.aggregator(xs, bank, mask, ids, generator=agg_gen)
+                if cfg.lambda_distill:
+                    grad = cfg.distill_grad_to_aggregator
+                    distill = distill_loss(hs, p_a, grad_to_teacher=grad)
+                reward = reward_loss(xs, p_a, cfg.reward_scale)
             loss = task + cfg.lambda_distill * distill + reward
             optimizer_step(opt, loss)
             row = {"step": step + 1, "task": task.item(), "distill": distill.item()}

@@ -103,15 +103,15 @@ def build_inputs(
     of the sequences; `prefixes` [n, k', D] holds the image tokens the ImageSegs index."""
     rows: list[torch.Tensor] = []
     labels: list[torch.Tensor] = []
-    width = prefixes.shape[1]
+    width, device = prefixes.shape[1], prefixes.device
     for seq in sequences:
         parts, labs = [], []
         for seg in seq:
             if isinstance(seg, ImageSeg):
                 parts.append(prefixes[seg.index])
-                labs.append(torch.full((width,), IGNORE, dtype=torch.long))
+                labs.append(torch.full((width,), IGNORE, dtype=torch.long, device=device))
                 continue
-            ids = torch.tensor(_text_ids(lm, seg), dtype=torch.long)
+            ids = torch.tensor(_text_ids(lm, seg), dtype=torch.long, device=device)
             if len(ids) == 0:
                 continue
             parts.append(lm.embed(ids).to(prefixes.dtype))
@@ -121,14 +121,14 @@ def build_inputs(
     length = max(len(r) for r in rows)
     dim = prefixes.shape[-1]
     embeds = prefixes.new_zeros(len(rows), length, dim)
-    mask = torch.zeros(len(rows), length, dtype=torch.long, device=prefixes.device)
-    target = torch.full((len(rows), length), IGNORE, dtype=torch.long)
+    mask = torch.zeros(len(rows), length, dtype=torch.long, device=device)
+    target = torch.full((len(rows), length), IGNORE, dtype=torch.long, device=device)
     for i, (r, lab) in enumerate(zip(rows, labels, strict=True)):
         span = slice(length - len(r), length) if pad_left else slice(0, len(r))
         embeds[i, span] = r
         mask[i, span] = 1
         target[i, span] = lab
-    return embeds, mask, target.to(prefixes.device)
+    return embeds, mask, target
 
 
 def next_token_loss(lm: FrozenLM, embeds: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor):
