@@ -41,16 +41,17 @@ def test_init_from_checks_folder_clip_and_config(tmp_path: Path) -> None:
     assert set(saved["state"]) == set(PrefixModel(16, 8, cfg).state_dict())
     with pytest.raises(UserError, match=r"init_from: .*prefix.pt does not exist"):
         load_init(cfg.model_copy(update={"init_from": str(tmp_path / "nope")}), TINY.model_id)
-    with pytest.raises(UserError, match="init_from: .* has k=5, this config k=3; set k=5"):
+    with pytest.raises(UserError, match=r"init_from: .* has k=5, this config k=3; set k=5"):
         load_init(cfg.model_copy(update={"init_from": str(run), "k": 3}), TINY.model_id)
+    limber = cfg.model_copy(update={"init_from": str(run), "method": "limber"})
     with pytest.raises(UserError, match="has method=aape, this config method=limber"):
-        load_init(cfg.model_copy(update={"init_from": str(run), "method": "limber"}), TINY.model_id)
-    with pytest.raises(UserError, match="trained with CLIP aape-tiny.*, not ViT-B-16"):
+        load_init(limber, TINY.model_id)
+    with pytest.raises(UserError, match=r"trained with CLIP aape-tiny.*, not ViT-B-16"):
         load_init(cfg.model_copy(update={"init_from": str(run)}), "ViT-B-16/openai")
     junk = tmp_path / "junk"
     junk.mkdir()
     (junk / "prefix.pt").write_bytes(b"not a torch file")
-    with pytest.raises(UserError, match="init_from: cannot read .*prefix.pt"):
+    with pytest.raises(UserError, match=r"init_from: cannot read .*prefix.pt"):
         load_init(cfg.model_copy(update={"init_from": str(junk)}), TINY.model_id)
 
 
