@@ -81,6 +81,18 @@ def _under_file(c: dict[str, Path]) -> str:
     return str(c["a_file"] / "sub")
 
 
+def _vqa_files(c: dict[str, Path], kind: str) -> list[str]:
+    """VQAv2 questions and annotations arguments, both the ctx file `kind`; images missing."""
+    return [
+        "--questions",
+        str(c[kind]),
+        "--annotations",
+        str(c[kind]),
+        "--images",
+        str(c["missing"]),
+    ]
+
+
 # Commands that import Prefect run in a child process: Prefect binds its log handlers to the
 # streams of the moment, which capsys closes after the test.
 FLOW_COMMANDS = {"demo", "build-domain", "serve"}
@@ -183,54 +195,14 @@ CASES: dict[str, list[Case]] = {
         lambda c: ["vl", "caption-train", "--dataset", "x", "--set", f"init_from={c['missing']}"],
     ],
     "vl vqa-train": [
-        lambda c: [
-            "vl",
-            "vqa-train",
-            "--questions",
-            str(c["missing"]),
-            "--annotations",
-            str(c["missing"]),
-            "--images",
-            str(c["missing"]),
-        ],
-        lambda c: [
-            "vl",
-            "vqa-train",
-            "--questions",
-            str(c["not_json"]),
-            "--annotations",
-            str(c["not_json"]),
-            "--images",
-            str(c["missing"]),
-        ],
-        lambda c: [
-            "vl",
-            "vqa-train",
-            "--questions",
-            "q",
-            "--annotations",
-            "a",
-            "--images",
-            "i",
-            "--set",
-            "k=0",
-        ],
+        lambda c: ["vl", "vqa-train", *_vqa_files(c, "missing")],
+        lambda c: ["vl", "vqa-train", *_vqa_files(c, "not_json")],
+        lambda c: ["vl", "vqa-train", *_vqa_files(c, "missing"), "--set", "k=0"],
     ],
     "vl caption-eval": [
         lambda c: ["vl", "caption-eval", "--run", str(c["missing"])],
         lambda c: ["vl", "caption-eval", "--run", str(c["missing"]), "--questions", "q.json"],
-        lambda c: [
-            "vl",
-            "caption-eval",
-            "--run",
-            str(c["missing"]),
-            "--questions",
-            str(c["not_json"]),
-            "--annotations",
-            str(c["not_json"]),
-            "--images",
-            str(c["missing"]),
-        ],
+        lambda c: ["vl", "caption-eval", "--run", str(c["missing"]), *_vqa_files(c, "not_json")],
     ],
     "vl caption-report": [
         lambda c: ["vl", "caption-report", "--runs", str(c["missing"])],
