@@ -11,7 +11,8 @@ import torch
 from aape_threads import one_torch_thread  # noqa: F401  (autouse fixture)
 
 from aape.vl.gen_config import GenConfig
-from aape.vl.gen_run import save_run
+from aape.vl.gen_report import markdown_report
+from aape.vl.gen_run import FINE_TUNED, ZERO_SHOT, save_run
 from aape.vl.gen_train import GenResult, TrainData, caption_data, load_init, train_prefix
 from aape.vl.gen_vqa_train import answer_target
 from aape.vl.prefix import PrefixModel
@@ -92,3 +93,29 @@ def test_fine_tune_on_vqa_pairs_from_a_caption_run(smollm2) -> None:
     none = TrainData(x, pairs, bank, torch.zeros(4, 2, dtype=bool))
     alone = train_prefix(smollm2, none, cfg.model_copy(update={"steps": 3}), progress=False)
     assert all(r["distill"] == 0 and r["reward"] == 0 for r in alone.history)
+
+
+def _eval(method: str, protocol: str | None, accuracy: dict[int, float]) -> dict:
+    by = {
+        str(k): {"accuracy": a, "samples": [{"question": "Q?", "answer": "cat", "truth": "cat",
+                                             "accuracy": 1.0}]}
+        for k, a in accuracy.items()
+    }  # fmt: skip
+    vqa = {"by_shots": by} | ({"protocol": protocol} if protocol else {})
+    return {"method": method, "train": {"steps": 3}, "vqa": vqa}
+
+
+def test_report_columns_per_vqa_protocol() -> None:
+    evals = [
+        _eval("aape", ZERO_SHOT, {0: 10.0, 1: 20.0}),
+        _eval("aape", FINE_TUNED, {0: 55.0}),
+        _eval("limber", None, {0: 5.0}),  # written before protocols: trained on captions only
+    ]
+    lines = markdown_report(evals).splitlines()
+    assert lines[0].endswith("| VQA 0-shot | VQA 1-shot | VQA fine-tuned 0-shot |")
+    assert lines[2].endswith("| 10.0 | 20.0 | - |") and lines[2].startswith("| aape |")
+    assert lines[3].startswith("| aape + VQA fine-tuning |") and lines[3].endswith(
+        "| - | - | 55.0 |"
+    )
+    assert lines[4].endswith("| 5.0 | - | - |")
+    assert "Sample answers, aape + VQA fine-tuning, 0-shot:" in lines
