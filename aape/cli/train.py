@@ -13,6 +13,7 @@ from aape.cli.common import add_clip, add_config_args, add_home, command, int_li
 from aape.cli.features import add_image_checks
 from aape.config import TrainConfig, load_config
 from aape.fewshot import SHOTS_POLICIES
+from aape.protocol_names import PROTOCOLS
 from prompt_banks.errors import UserError
 from prompt_banks.paths import artifacts_dir, runs_dir
 
@@ -166,7 +167,8 @@ def _target_factories(args: argparse.Namespace, cfg: TrainConfig) -> dict[str, C
             seed=0,
             data_root=args.data_root,  # CoOp layout: one root for all datasets
             max_missing=args.max_missing,
-            shots_policy="all-available",  # its train split is never used
+            n_views=0,  # its train split is never used: no views,
+            shots_policy="all-available",  # and any class size
         )
 
     return {t: factory(t, domains[i] if domains else None) for i, t in enumerate(names)}
@@ -311,7 +313,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_task_args(p)
     p.add_argument(
         "--protocol",
-        choices=["few-shot", "base-to-new", "cross-dataset", "domain-generalisation"],
+        choices=PROTOCOLS,
         default="few-shot",
     )
     p.add_argument("--targets", help="cross-dataset / domain generalisation: test datasets")
