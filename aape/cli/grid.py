@@ -144,7 +144,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             --protocol domain-generalisation --targets imagenet-v2,imagenet-sketch --shots 16
 
         a grid file holds the same fields (datasets: [{dataset, domain, data_root}], protocol,
-        targets: [{dataset, domain, data_root}] (the transfer protocols' test sets), data_root, clip: {model, pretrained}, shots, seeds, n_views, max_eval_images, config:
+        targets: [{dataset, domain, data_root}] (the transfer protocols' test sets),
+        data_root, clip: {model, pretrained}, shots, seeds, n_views, max_eval_images, config:
         {TrainConfig fields}, lambda0, baselines, cpus_per_run, gpus_per_run), e.g.
           protocol: base-to-new
           data_root: ~/data

@@ -301,13 +301,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = command(
         sub,
         "eval",
-        help="run a protocol (few-shot or base-to-new) and write the report",
+        help="run a protocol's runs one after another in this process and write the report",
         examples="""
         aape eval --dataset textile-defects --bank-domain textile --protocol few-shot --shots 1,2,4
         aape eval --dataset animal-mnist --bank-domain animals --protocol base-to-new \\
             --baselines zeroshot,cupl --seeds 1,2,3
         aape eval --dataset imagenet --bank-domain imagenet --protocol domain-generalisation \\
             --targets imagenet-v2,imagenet-sketch --shots 16 --data-root ~/data
+
+        the same runs in parallel (worker processes or a Ray cluster, one Prefect task each):
+        `aape grid`, with the same protocols and one or many datasets
         """,
     )
     _add_task_args(p)
