@@ -106,12 +106,13 @@ def _not_a_run(path: Path) -> None:
     torch.save({"model": {"w": torch.zeros(2)}, "epoch": 3}, path)  # e.g. an image checkpoint
 
 
+UNREADABLE = "not a readable checkpoint, damaged or cut short"
 # damage -> how the one line starts after the file (a truncated zip reads as an OSError or a
 # RuntimeError, depending on where the cut falls).
 CHECKPOINT_DAMAGES = {
-    "truncated": (DAMAGES["truncated"], "not a readable checkpoint ("),
-    "0 bytes": (DAMAGES["0 bytes"], "not a readable checkpoint (EOFError: cut short)"),
-    "garbage": (_garbage, "not a readable checkpoint (UnpicklingError: Weights only load failed)"),
+    "truncated": (DAMAGES["truncated"], f"{UNREADABLE} ("),
+    "0 bytes": (DAMAGES["0 bytes"], f"{UNREADABLE} (EOFError)"),
+    "garbage": (_garbage, f"{UNREADABLE} (UnpicklingError: Weights only load failed)"),
     "another file": (
         _not_a_run,
         "not a captioning run (no config, clip_model_id, clip_dim, lm_dim, state, train_dataset, "

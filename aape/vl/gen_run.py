@@ -104,9 +104,10 @@ def read_run_file(folder: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, EOFError, RuntimeError, pickle.UnpicklingError, ValueError) as exc:
-        reason = str(exc).split(". ")[0].split("\n")[0].strip() or "cut short"
+        reason = str(exc).split(". ")[0].split("\n")[0].strip()  # torch's first sentence
+        said = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
         raise UserError(
-            f"--run: {path}: not a readable checkpoint ({type(exc).__name__}: {reason}); {fix}"
+            f"--run: {path}: not a readable checkpoint, damaged or cut short ({said}); {fix}"
         ) from exc
     missing = [k for k in RUN_KEYS if k not in saved] if isinstance(saved, dict) else RUN_KEYS
     if missing:
