@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from aape.cli.common import add_clip, add_home, command, int_list
-from aape.cli.train import add_data_checks
+from aape.cli.task_args import add_data_checks
 from aape.protocol_names import PROTOCOLS
 from prompt_banks.errors import UserError
 

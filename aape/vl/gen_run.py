@@ -11,11 +11,13 @@ from __future__ import annotations
 import functools
 import json
 import os
+import pickle
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from aape.datasets.base import ImageRecord
 from aape.features import extract_records, load_features
@@ -33,6 +35,8 @@ from prompt_banks.errors import UserError
 
 Home = str | os.PathLike[str] | None
 RUN_FILE = "prefix.pt"
+# What every prefix.pt holds (`save_run`).
+RUN_KEYS = ("config", "clip_model_id", "clip_dim", "lm_dim", "state", "train_dataset", "summary")
 
 
 @functools.lru_cache(maxsize=2)
@@ -67,9 +71,15 @@ def train_run(
     lm = cached_lm(cfg.lm, cfg.device, cfg.lm_dtype)
     result = train_prefix(lm, CaptionTrainData(x, captions, bank, mask), cfg, progress=progress)
     folder = Path(out)
+    save_run(result, folder, clip, dataset)
+    return result, folder
+
+
+def save_run(result: GenResult, folder: Path, clip: CLIPRef, dataset: str) -> None:
+    """Write <folder>/prefix.pt (weights, config, history) and <folder>/train.json."""
     state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
     meta = {
-        "config": cfg.model_dump(),
+        "config": result.config.model_dump(),
         "clip_model_id": clip.model_id,
         "clip": {"model": clip.model, "pretrained": clip.pretrained},
         "train_dataset": dataset,
@@ -79,14 +89,38 @@ def train_run(
     }
     save_atomic({**meta, "state": state, "history": result.history}, folder / RUN_FILE)
     (folder / "train.json").write_text(json.dumps({**meta, "history": result.history}, indent=2))
-    return result, folder
 
 
-def load_run(folder: str | os.PathLike[str]) -> tuple[PrefixModel, dict[str, Any], FrozenLM]:
+def read_run_file(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """What `save_run` wrote to <folder>/prefix.pt, or a one-line UserError naming the file and
+    the fix (also what `aape doctor` checks)."""
     path = Path(folder) / RUN_FILE
     if not path.is_file():
         raise UserError(f"--run: {path} does not exist; train one with `aape vl caption-train`")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+    fix = (
+        f"train the run again with `aape vl caption-train --out {path.parent}` (its train.json "
+        "names the dataset and config)"
+    )
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError, ValueError) as exc:
+        reason = str(exc).split(". ")[0].split("\n")[0].strip()  # torch's first sentence
+        said = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
+        raise UserError(
+            f"--run: {path}: not a readable checkpoint, damaged or cut short ({said}); {fix}"
+        ) from exc
+    missing = [k for k in RUN_KEYS if k not in saved] if isinstance(saved, dict) else RUN_KEYS
+    if missing:
+        raise UserError(f"--run: {path}: not a captioning run (no {', '.join(missing)}); {fix}")
+    try:
+        GenConfig(**saved["config"])
+    except (TypeError, ValidationError) as exc:
+        raise UserError(f"--run: {path}: field config is not a captioning config; {fix}") from exc
+    return saved
+
+
+def load_run(folder: str | os.PathLike[str]) -> tuple[PrefixModel, dict[str, Any], FrozenLM]:
+    saved = read_run_file(folder)
     cfg = GenConfig(**saved["config"])
     lm = cached_lm(cfg.lm, cfg.device, cfg.lm_dtype)
     model = PrefixModel(int(saved["clip_dim"]), int(saved["lm_dim"]), cfg)
