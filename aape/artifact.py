@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from aape.artifact_manifest import REEXPORT, verify_manifest, write_manifest
+from aape.artifact_manifest import REMAKE, verify_manifest, write_manifest
 from aape.config import TrainConfig
 from aape.train import TrainResult
 from prompt_banks.clip import CLIPRef, is_model_id_of
@@ -126,15 +126,17 @@ def read_artifact(
     fmt: str = FORMAT,
     how: str = "make one with `aape export`",
     config_model: type[TrainConfig] = TrainConfig,
+    remake: str = REMAKE,
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(config.json contents, tensors) of an artifact of format `fmt` whose config is a
-    `config_model`, or a UserError naming what is missing (`how` says how to make one)."""
+    `config_model`, or a UserError naming what is missing (`how` says how to make one, `remake`
+    how to write a damaged one again)."""
     p = Path(folder)
     cfg_path, w_path = p / CONFIG_NAME, p / WEIGHTS_NAME
     if not cfg_path.is_file() or not w_path.is_file():
         raise UserError(f"--artifact: {p} has no {CONFIG_NAME} + {WEIGHTS_NAME}; {how}")
-    verify_manifest(p, [CONFIG_NAME, WEIGHTS_NAME])
-    meta = read_json(cfg_path, "--artifact", REEXPORT)
+    verify_manifest(p, [CONFIG_NAME, WEIGHTS_NAME], remake)
+    meta = read_json(cfg_path, "--artifact", f"{remake} instead of editing it")
     if meta.get("format") != fmt:
         raise UserError(f"--artifact: {p} is format {meta.get('format')!r}, expected {fmt}")
     dim = meta.get("dim")

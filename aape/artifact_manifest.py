@@ -19,7 +19,7 @@ from prompt_banks.schema import file_sha256
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "aape-artifact-manifest/1"
-REEXPORT = "export it again with `aape export` instead of editing it"
+REMAKE = "export it again with `aape export`"  # the fix for a classification artifact
 
 
 def write_manifest(folder: Path, names: Iterable[str]) -> Path:
@@ -32,37 +32,29 @@ def write_manifest(folder: Path, names: Iterable[str]) -> Path:
     return path
 
 
-def verify_manifest(folder: Path, required: Iterable[str]) -> None:
+def verify_manifest(folder: Path, required: Iterable[str], remake: str = REMAKE) -> None:
     """Refuse an artifact whose files are not those the manifest lists, byte for byte; the
-    `required` files must be among them."""
+    `required` files must be among them. `remake` says how to write the artifact again."""
     path = folder / MANIFEST_NAME
     if not path.is_file():
         raise UserError(
             f"--artifact: {folder} has no {MANIFEST_NAME} (made by an older aape or by hand); "
-            "export it again with `aape export`"
+            f"{remake}"
         )
-    manifest = read_json(path, "--artifact", REEXPORT)
+    redo = f"{remake} instead of editing it"
+    manifest = read_json(path, "--artifact", redo)
     files = manifest.get("sha256")
     if manifest.get("format") != MANIFEST_FORMAT or not isinstance(files, dict):
-        raise UserError(f"--artifact: {path} is not a {MANIFEST_FORMAT} manifest; {REEXPORT}")
+        raise UserError(f"--artifact: {path} is not a {MANIFEST_FORMAT} manifest; {redo}")
     unlisted = sorted(set(required) - set(files))
     if unlisted:
-        raise UserError(f"--artifact: {path} does not list {', '.join(unlisted)}; {REEXPORT}")
+        raise UserError(f"--artifact: {path} does not list {', '.join(unlisted)}; {redo}")
     for name, digest in sorted(files.items()):
         target = folder / str(name)
         if not target.is_file():
-            raise UserError(f"--artifact: {target} is missing; {REEXPORT}")
+            raise UserError(f"--artifact: {target} is missing; {redo}")
         if file_sha256(target) != digest:
             raise UserError(
                 f"--artifact: {target} was changed after export (its sha256 is not the one in "
-                f"{MANIFEST_NAME}); {REEXPORT}"
+                f"{MANIFEST_NAME}); {redo}"
             )
-
-
-def problems(folder: Path, required: Iterable[str]) -> str | None:
-    """The manifest check as a finding for `aape doctor`: None when the artifact is intact."""
-    try:
-        verify_manifest(folder, required)
-    except UserError as exc:
-        return str(exc).removeprefix("--artifact: ")
-    return None

@@ -1,10 +1,11 @@
 """`aape doctor`: check every store and cache under a home; on request, move what is damaged
 to `<home>/quarantine/<UTC time>/<its path under the home>`.
 
-Checked: the bank store's descriptions and embeddings parts and the feature cache's parts (read
-whole: every row group and row, see `prompt_banks.integrity.deep_check`), few-shot manifests,
-and on a local home the runs' result.json / metrics.json and the artifacts (manifest checksums,
-config, weights). Under an fsspec URL home only the first three exist there.
+Checked: the bank store's descriptions, embeddings and captions parts and the feature cache's
+parts (read whole: every row group and row, see `prompt_banks.integrity.deep_check`), few-shot
+manifests, and on a local home the runs' result.json / metrics.json, the captioning runs'
+prefix.pt, and the artifacts (manifest checksums, config, weights), the retrieval artifacts of
+`aape vl train` under runs/ among them. Under an fsspec URL home only the first three exist.
 
 Quarantine loses no good row: when some row groups or rows of a damaged part can still be read,
 they are first published as a new part of the same table (an atomic publish, like any write),
@@ -28,6 +29,9 @@ from tqdm.auto import tqdm
 from aape.artifact import read_artifact
 from aape.features import FEATURES
 from aape.fewshot import FewShotManifest
+from aape.vl.bank import CAPTIONS, CAPTIONS_DIR
+from aape.vl.gen_run import RUN_FILE, read_run_file
+from aape.vl.inference import load_retrieval_artifact
 from prompt_banks import schema
 from prompt_banks.atomic import publish_part
 from prompt_banks.errors import UserError
@@ -39,6 +43,7 @@ QUARANTINE_DIR = "quarantine"
 PARQUET_TABLES: tuple[tuple[str, str, pa.Schema], ...] = (
     ("bank descriptions", "banks/descriptions/*.parquet", schema.DESCRIPTIONS),
     ("bank embeddings", "banks/embeddings/*.parquet", schema.EMBEDDINGS),
+    ("bank captions", f"banks/{CAPTIONS_DIR}/*.parquet", CAPTIONS),
     ("feature cache", "features/*/*/*/part-*.parquet", FEATURES),
 )
 
@@ -100,9 +105,9 @@ class _Home:
     def part_fs(self) -> fsspec.AbstractFileSystem | None:
         return self.fs if self.is_url else None
 
-    def artifact_folders(self) -> list[str]:
-        """The folders under artifacts/ (only ever written to a local home)."""
-        return [] if self.is_url else [p for p in self.glob("artifacts/*") if self.fs.isdir(p)]
+    def folders(self, pattern: str) -> list[str]:
+        """The folders matching `pattern` (artifacts: only ever written to a local home)."""
+        return [] if self.is_url else [p for p in self.glob(pattern) if self.fs.isdir(p)]
 
     def relative(self, path: str) -> str:
         return path[len(self.root) :].lstrip("/")
@@ -157,8 +162,19 @@ def _json_object(text: str) -> None:
         raise TypeError("not a JSON object")
 
 
+# (what, glob under a local home, reader raising a UserError "<flag>: <path>...") of the files
+# and folders runs write.
+RUN_FILES: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
+    ("caption run", f"runs/**/{RUN_FILE}", lambda path: read_run_file(Path(path).parent)),
+)
+ARTIFACTS: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
+    ("artifact", "artifacts/*", read_artifact),
+    ("retrieval artifact", "runs/**/artifact", load_retrieval_artifact),
+)
+
+
 def _file_findings(home: _Home) -> Iterator[tuple[str, str, str]]:
-    """(kind, path, problem) of every damaged JSON file and artifact."""
+    """(kind, path, problem) of every damaged JSON file, run file and artifact."""
     checks: list[tuple[str, str, Callable[[str], Any]]] = [
         ("few-shot manifest", "fewshot/*/*.json", FewShotManifest.from_json)
     ]
@@ -172,18 +188,28 @@ def _file_findings(home: _Home) -> Iterator[tuple[str, str, str]]:
             problem = _json_problem(path, home.fs, check)
             if problem:
                 yield kind, path, problem
-    for folder in home.artifact_folders():
-        try:
-            read_artifact(folder)
-        except UserError as exc:
-            yield "artifact", folder, str(exc).removeprefix("--artifact: ")
+    for kind, pattern, read in RUN_FILES:
+        for path in [] if home.is_url else home.glob(pattern):
+            try:
+                read(path)
+            except UserError as exc:
+                yield kind, path, str(exc).removeprefix("--run: ").removeprefix(f"{path}: ")
+    for kind, pattern, read in ARTIFACTS:
+        for folder in home.folders(pattern):
+            try:
+                read(folder)
+            except UserError as exc:
+                yield kind, folder, str(exc).removeprefix("--artifact: ")
 
 
 def _count(home: _Home) -> int:
     patterns = [p for _, p, _ in PARQUET_TABLES] + ["fewshot/*/*.json"]
     if not home.is_url:
         patterns += ["runs/**/result.json", "runs/**/metrics.json"]
-    return sum(len(home.glob(p)) for p in patterns) + len(home.artifact_folders())
+        patterns += [p for _, p, _ in RUN_FILES]
+    return sum(len(home.glob(p)) for p in patterns) + sum(
+        len(home.folders(p)) for _, p, _ in ARTIFACTS
+    )
 
 
 def run_doctor(home: str | Path | None, *, quarantine: bool = False) -> DoctorReport:

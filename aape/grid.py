@@ -23,13 +23,13 @@ import torch
 from aape import protocols
 from aape.config import TrainConfig
 from aape.data import Task
+from aape.protocol_names import PROTOCOLS, TRANSFER_PROTOCOLS
 from prompt_banks.clip import CLIPRef, LoadedCLIP, load_clip
 from prompt_banks.errors import UserError
 
 if TYPE_CHECKING:
     from aape.tasks import PreparedTask
 
-PROTOCOLS = ("few-shot", "base-to-new", "cross-dataset", "domain-generalisation")
 # A transfer target's train split is never read: one shot, seed 0 (as `aape eval`).
 TARGET_DRAW = (1, 0)
 
@@ -170,7 +170,7 @@ def run_specs(
         raise UserError("shots: give at least one shot count, e.g. 16")
     if protocol != "few-shot":
         ks = [max(ks)]
-    if protocol in ("cross-dataset", "domain-generalisation") and not tgts:
+    if protocol in TRANSFER_PROTOCOLS and not tgts:
         raise UserError(f"targets: protocol {protocol} needs at least one target dataset")
     specs: list[RunSpec] = []
     for k in ks:

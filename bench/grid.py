@@ -6,7 +6,7 @@ folder, trains with one torch thread and publishes its result.json. Both grids r
 in this one process, through the flows' own fan-out (`pipelines.evaluate.fan_out`), on worker
 processes (default) or a local Ray cluster of N CPUs. Goal: ratio >= 0.8 * N.
 
-    .venv/bin/python bench/grid.py [--workers 2] [--runs 8] [--epochs 10] [--runner ray]
+    .venv/bin/python bench/grid.py [--workers 2] [--runs 8] [--epochs 40] [--runner ray]
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--runs", type=int, default=8)
-    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--classes", type=int, default=40)
     ap.add_argument("--runner", choices=["processes", "ray"], default="processes")
     args = ap.parse_args()

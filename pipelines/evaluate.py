@@ -18,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run, task_run
 
 from aape import grid
+from aape.baselines import baseline_config
 from aape.config import TrainConfig
 from aape.protocols import with_lambda0
 from aape.report import write_combined_report, write_report
@@ -36,7 +37,7 @@ def method_configs(
 ) -> list[TrainConfig]:
     """AAPE (with its lambda = 0 twin), and each baseline sharing the AAPE config's fields."""
     cfgs = with_lambda0(config) if lambda0 else [config]
-    return cfgs + [config.model_copy(update={"method": b}) for b in baselines]
+    return cfgs + [baseline_config(config, b) for b in baselines]
 
 
 def as_grid(params: EvaluateParams) -> GridParams:
@@ -50,19 +51,26 @@ def as_grid(params: EvaluateParams) -> GridParams:
 def grid_specs(params: GridParams) -> list[grid.RunSpec]:
     """Every run of the grid, dataset by dataset, in each protocol's serial order."""
     cfgs = method_configs(params.config, params.baselines, params.lambda0)
+    common = dict(
+        home=params.home,
+        clip=clip_ref(params.clip),
+        max_eval_images=params.max_eval_images,
+        max_missing=params.max_missing,
+    )
+    # A target's train split is never read (`grid.TARGET_DRAW`): no views, any class size.
+    targets = [
+        grid.dataset_source(
+            t.dataset, data_root=t.data_root or params.data_root, bank_domain=t.domain,
+            n_views=0, shots_policy="all-available", **common,
+        )
+        for t in params.targets
+    ]  # fmt: skip
     specs: list[grid.RunSpec] = []
     for item in params.datasets:
         source = grid.dataset_source(
-            item.dataset,
-            home=params.home,
-            data_root=item.data_root or params.data_root,
-            clip=clip_ref(params.clip),
-            bank_domain=item.domain,
-            n_views=params.n_views,
-            max_eval_images=params.max_eval_images,
-            max_missing=params.max_missing,
-            shots_policy=params.shots_policy,
-        )
+            item.dataset, data_root=item.data_root or params.data_root, bank_domain=item.domain,
+            n_views=params.n_views, shots_policy=params.shots_policy, **common,
+        )  # fmt: skip
         specs += grid.run_specs(
             params.protocol,
             source,
@@ -70,6 +78,7 @@ def grid_specs(params: GridParams) -> list[grid.RunSpec]:
             runs_root(params.home, item.domain),
             shots=params.shots,
             seeds=params.seeds,
+            targets=targets,
         )
     return specs
 

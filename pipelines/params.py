@@ -11,14 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from aape.config import TrainConfig
+from aape.protocol_names import TRANSFER_PROTOCOLS
 from prompt_banks.generate_report import DEFAULT_MAX_FAILED_SHARE
 from prompt_banks.spec import CLIPSettings, DomainSpec, bundled_spec_path, load_spec
 
-# The baselines every evaluation reports beside AAPE (aape.config.Method).
-Baseline = Literal["zeroshot", "cupl", "linear_probe"]
+# The baselines an evaluation can report beside AAPE: the names of `aape.baselines.BASELINES`.
+Baseline = Literal["zeroshot", "cupl", "linear_probe", "linear_probe_adamw"]
 DEFAULT_BASELINES: tuple[Baseline, ...] = ("zeroshot", "cupl", "linear_probe")
 
 
@@ -128,12 +129,27 @@ class GridDataset(BaseModel):
     data_root: str | None = None  # None: the grid's data_root
 
 
+class GridTarget(BaseModel):
+    """A test-side dataset of the transfer protocols: its own classes, and their bank domain
+    (needed unless the config embeds classes by template)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dataset: str
+    domain: str | None = None
+    data_root: str | None = None  # None: the grid's data_root
+
+
 class GridParams(_Params):
     """A training grid over many datasets (the fields of a grid file): every (dataset, shots,
     seed, method) is one run, and one combined report has the per-dataset and Average rows."""
 
     datasets: tuple[GridDataset, ...] = Field(min_length=1)
-    protocol: Literal["few-shot", "base-to-new"] = "few-shot"
+    protocol: Literal["few-shot", "base-to-new", "cross-dataset", "domain-generalisation"] = (
+        "few-shot"
+    )
+    # cross-dataset / domain-generalisation: every dataset's runs are tested on these.
+    targets: tuple[GridTarget, ...] = ()
     data_root: str | None = None
     clip: CLIPSettings = CLIPSettings()
     shots: tuple[int, ...] = Field((16,), min_length=1)
@@ -150,6 +166,24 @@ class GridParams(_Params):
     cpus_per_run: float = Field(1.0, gt=0)
     gpus_per_run: float = Field(0.0, ge=0)
     report_dir: str | None = None  # default: <home>/runs/grid-report
+
+    @model_validator(mode="after")
+    def _targets_fit_the_protocol(self) -> GridParams:
+        transfer = self.protocol in TRANSFER_PROTOCOLS
+        if transfer and not self.targets:
+            raise ValueError(f"targets: protocol {self.protocol} needs datasets to test on")
+        if self.targets and not transfer:
+            raise ValueError(
+                "targets: only the cross-dataset and domain-generalisation protocols have them"
+            )
+        if self.config.class_embed != "template":
+            for t in self.targets:
+                if t.domain is None:
+                    raise ValueError(
+                        f"targets: {t.dataset} needs a domain (class_embed="
+                        f"{self.config.class_embed} reads its bank)"
+                    )
+        return self
 
 
 class BuildDomainParams(_Params):

@@ -13,7 +13,7 @@ from prompt_banks import clip_benchmark_files as cbf
 from prompt_banks.errors import UserError
 from prompt_banks.text import normalize_whitespace
 
-# The formats `importers.import_file` reads (see its module doc).
+# The formats `importers.import_file` reads (see `bank_formats`).
 FORMATS = (
     "cupl",
     "dclip",

@@ -174,8 +174,8 @@ def _snapshot_rows(store: BankStore, where: str, params: list[Any]) -> list[dict
     listed = ", ".join("'" + p.url.replace("'", "''") + "'" for p in parts)
     con = duckdb.connect()
     try:
-        if store._fs is not None:
-            con.register_filesystem(store._fs)
+        if store.filesystem is not None:
+            con.register_filesystem(store.filesystem)
         cursor = con.execute(
             f"SELECT DISTINCT * FROM read_parquet([{listed}]) WHERE {where} "
             f'ORDER BY registered_at, snapshot_id, "table"',

@@ -116,6 +116,11 @@ class BankStore:
         pinned.pin = snapshot
         return pinned
 
+    @property
+    def filesystem(self) -> fsspec.AbstractFileSystem | None:
+        """The fsspec filesystem of a URL root (what DuckDB must register), None when local."""
+        return self._fs
+
     # -- paths ----------------------------------------------------------------------------
     def _join(self, *parts: str) -> Path | str:
         if self.is_local:

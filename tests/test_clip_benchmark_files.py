@@ -9,8 +9,9 @@ import pytest
 from test_store import files_of
 
 from aape.cli.main import main
+from prompt_banks.bank_formats import detect_format
 from prompt_banks.errors import UserError
-from prompt_banks.importers import detect_format, import_file
+from prompt_banks.importers import import_file
 from prompt_banks.input_files import load_class_list
 from prompt_banks.queries import class_texts
 from prompt_banks.store import BankStore

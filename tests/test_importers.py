@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from test_store import files_of
 
+from prompt_banks.bank_formats import detect_format
 from prompt_banks.errors import UserError
-from prompt_banks.importers import dclip_sentence, detect_format, export_cupl, import_file
+from prompt_banks.importers import dclip_sentence, export_cupl, import_file
 from prompt_banks.queries import class_texts, list_classes
 from prompt_banks.store import BankStore
 

@@ -12,8 +12,8 @@ from aape_threads import one_torch_thread  # noqa: F401  (autouse fixture)
 
 from aape.vl.gen_config import GenConfig
 from aape.vl.gen_report import markdown_report
-from aape.vl.gen_run import FINE_TUNED, ZERO_SHOT, save_run
-from aape.vl.gen_train import GenResult, TrainData, caption_data, load_init, train_prefix
+from aape.vl.gen_run import FINE_TUNED, ZERO_SHOT, load_init, save_run
+from aape.vl.gen_train import GenResult, TrainData, caption_data, train_prefix
 from aape.vl.gen_vqa_train import answer_target
 from aape.vl.prefix import PrefixModel
 from prompt_banks.clip import CLIPRef
@@ -31,7 +31,8 @@ def test_answer_target_is_the_most_common_first_on_ties() -> None:
 def _saved_run(folder: Path, cfg: GenConfig) -> Path:
     """A run folder as `caption-train` writes it, of an untrained prefix (d = 16, D = 8)."""
     result = GenResult(cfg, PrefixModel(16, 8, cfg), 16, 8, [{"step": 1, "task": 1.0}])
-    return save_run(result, TINY, folder, train_dataset="x", vqa_trained=True, init=None)
+    save_run(result, folder, TINY, "x", vqa_trained=True)
+    return folder
 
 
 def test_init_from_checks_folder_clip_and_config(tmp_path: Path) -> None:
@@ -47,12 +48,12 @@ def test_init_from_checks_folder_clip_and_config(tmp_path: Path) -> None:
     limber = cfg.model_copy(update={"init_from": str(run), "method": "limber"})
     with pytest.raises(UserError, match="has method=aape, this config method=limber"):
         load_init(limber, TINY.model_id)
-    with pytest.raises(UserError, match=r"trained with CLIP aape-tiny.*, not ViT-B-16"):
+    with pytest.raises(UserError, match=r"init_from: .* trained with aape-tiny.*, not ViT-B-16"):
         load_init(cfg.model_copy(update={"init_from": str(run)}), "ViT-B-16/openai")
     junk = tmp_path / "junk"
     junk.mkdir()
     (junk / "prefix.pt").write_bytes(b"not a torch file")
-    with pytest.raises(UserError, match=r"init_from: cannot read .*prefix.pt"):
+    with pytest.raises(UserError, match=r"init_from: .*prefix.pt: not a readable checkpoint"):
         load_init(cfg.model_copy(update={"init_from": str(junk)}), TINY.model_id)
 
 

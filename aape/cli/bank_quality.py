@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aape.cli.common import add_clip, add_home, command, int_list, positive_int
-from aape.cli.train import _add_task_args, _config, _task_factory, add_data_checks
+from aape.cli.task_args import add_data_checks, add_task_args, task_factory, train_config
 from prompt_banks.errors import UserError
 from prompt_banks.paths import runs_dir
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 def handle_report(args: Namespace) -> int:
     from aape.bank_report import bank_report, store_texts, write_bank_report
 
-    name, make = _task_factory(args)
+    name, make = task_factory(args)
     task = make(args.shots, args.seed)
     texts, health = None, None
     if args.bank_domain:
@@ -64,7 +64,7 @@ def _bank_sources(args: Namespace) -> dict[str, Callable[[int, int], Task]]:
             "banks: compare needs two or more: --banks D1,D2 with --dataset, "
             "or --features-dirs A,B (e.g. two `aape simulate` worlds)"
         )
-    return {name: _task_factory(ns)[1] for name, ns in sources.items()}
+    return {name: task_factory(ns)[1] for name, ns in sources.items()}
 
 
 def handle_compare(args: Namespace) -> int:
@@ -73,7 +73,7 @@ def handle_compare(args: Namespace) -> int:
     from aape.bank_report import compare_markdown
     from prompt_banks.atomic import write_json_atomic, write_text_atomic
 
-    cfg = _config(args)
+    cfg = train_config(args)
     cfgs = [cfg.model_copy(update={"method": "cupl"}), *protocols.with_lambda0(cfg)]
     root = Path(args.out) if args.out else runs_dir(args.home) / "bank-compare"
     reports: dict[str, dict[str, Any]] = {}
@@ -110,7 +110,7 @@ def register(bank_sub: argparse._SubParsersAction) -> None:
         aape bank report --dataset animal-mnist --bank-domain animal-mnist --run RUN_DIR
         """,
     )
-    _add_task_args(p)
+    add_task_args(p)
     p.add_argument("--shots", type=positive_int, default=16, help="training images per class")
     p.add_argument("--run", help="an AAPE run on this bank: also show what its teacher weighs")
     p.add_argument(

@@ -31,8 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = command(
         sub,
         "doctor",
-        help="check the bank store, feature cache, few-shot manifests, runs and artifacts of a "
-        "home; exit 1 while damaged files remain",
+        help="check the bank store (caption bank included), feature cache, few-shot manifests, "
+        "runs and artifacts of a home; exit 1 while damaged files remain",
         examples="""
             aape doctor --home ./aape-data                # one line per damaged file
             aape doctor --home ./aape-data --quarantine   # salvage good rows, move the rest aside

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from aape.cli.common import add_clip, add_home, command, int_list
-from aape.cli.train import add_data_checks
+from aape.cli.task_args import add_data_checks
+from aape.protocol_names import PROTOCOLS
 from prompt_banks.errors import UserError
 
 
@@ -27,8 +28,9 @@ def _validated(data: dict[str, Any], where: str) -> Any:
         return GridParams.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        field = ".".join(str(x) for x in err["loc"]) or "grid"
-        raise UserError(f"{where}: {field}: {err['msg']}") from None
+        msg = err["msg"].removeprefix("Value error, ")  # a check across fields names its own
+        field = ".".join(str(x) for x in err["loc"])
+        raise UserError(f"{where}: {field}: {msg}" if field else f"{where}: {msg}") from None
 
 
 def _from_file(path: str) -> dict[str, Any]:
@@ -59,8 +61,18 @@ def _from_args(args: argparse.Namespace) -> dict[str, Any]:
             f"--bank-domains: give one bank domain per dataset ({len(datasets)} datasets, "
             f"{len(domains)} domain{'s' if len(domains) != 1 else ''})"
         )
+    targets, target_domains = _names(args.targets), _names(args.target_bank_domains)
+    if target_domains and len(target_domains) != len(targets):
+        raise UserError(
+            f"--target-bank-domains: give one bank domain per target ({len(targets)} targets, "
+            f"{len(target_domains)} domain{'s' if len(target_domains) != 1 else ''})"
+        )
     return {
         "datasets": [{"dataset": d, "domain": b} for d, b in zip(datasets, domains, strict=True)],
+        "targets": [
+            {"dataset": t, "domain": target_domains[i] if target_domains else None}
+            for i, t in enumerate(targets)
+        ],
         "protocol": args.protocol,
         "data_root": args.data_root,
         "clip": {"model": args.clip_model, "pretrained": args.pretrained},
@@ -89,7 +101,7 @@ def grid_params(args: argparse.Namespace) -> Any:
     data.setdefault("cpus_per_run", args.cpus_per_run)
     data.setdefault("gpus_per_run", args.gpus_per_run)
     params = _validated(data, where)
-    for item in params.datasets:
+    for item in (*params.datasets, *params.targets):
         if item.dataset not in DATASETS:
             raise UserError(
                 f"{where}: datasets: '{item.dataset}' is unknown; use one of "
@@ -128,8 +140,11 @@ def register(sub: argparse._SubParsersAction) -> None:
             --clip-model ViT-B-16 --pretrained openai --protocol base-to-new --seeds 1,2,3
         aape grid --grid-file paper-grid.yaml --workers 4
         AAPE_RAY_ADDRESS=127.0.0.1:6379 aape grid --grid-file paper-grid.yaml --gpus-per-run 0.25
+        aape grid --datasets imagenet --bank-domains imagenet --data-root ~/data \
+            --protocol domain-generalisation --targets imagenet-v2,imagenet-sketch --shots 16
 
         a grid file holds the same fields (datasets: [{dataset, domain, data_root}], protocol,
+        targets: [{dataset, domain, data_root}] (the transfer protocols' test sets),
         data_root, clip: {model, pretrained}, shots, seeds, n_views, max_eval_images, config:
         {TrainConfig fields}, lambda0, baselines, cpus_per_run, gpus_per_run), e.g.
           protocol: base-to-new
@@ -147,8 +162,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--datasets", help="comma list of registered datasets")
     src.add_argument("--bank-domains", help="comma list: the bank domain of each dataset")
     src.add_argument("--data-root", help="where the datasets' files are (CoOp: one root)")
+    src.add_argument("--protocol", choices=PROTOCOLS, default="few-shot", help="the protocol")
     src.add_argument(
-        "--protocol", choices=["few-shot", "base-to-new"], default="few-shot", help="the protocol"
+        "--targets", help="cross-dataset / domain-generalisation: comma list of test datasets"
+    )
+    src.add_argument(
+        "--target-bank-domains",
+        help="comma list: each target's bank domain (needed unless class_embed=template)",
     )
     src.add_argument("--shots", type=int_list, default=(1, 2, 4, 8, 16), help="e.g. 1,2,4,8,16")
     src.add_argument("--seeds", type=int_list, default=(1, 2, 3), help="e.g. 1,2,3")

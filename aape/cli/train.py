@@ -9,77 +9,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aape.cli.common import add_clip, add_config_args, add_home, command, int_list, positive_int
-from aape.cli.features import add_image_checks
-from aape.config import TrainConfig, load_config
-from aape.fewshot import SHOTS_POLICIES
+from aape.cli.common import add_clip, add_home, command, int_list, positive_int
+from aape.cli.task_args import add_task_args, task_factory, train_config
+from aape.config import TrainConfig
+from aape.protocol_names import PROTOCOLS
 from prompt_banks.errors import UserError
 from prompt_banks.paths import artifacts_dir, runs_dir
 
 if TYPE_CHECKING:
     from aape.data import Task
-
-
-def add_data_checks(group: argparse._ActionsContainer) -> None:
-    """--max-missing and --shots-policy: what a task may do without."""
-    add_image_checks(group)
-    group.add_argument(
-        "--shots-policy",
-        choices=SHOTS_POLICIES,
-        default="error",
-        help="a class with fewer training images than --shots: error (default) or train it on "
-        "all it has (all-available; the run records it and the report marks it)",
-    )
-
-
-def _add_task_args(p: argparse.ArgumentParser) -> None:
-    src = p.add_argument_group("task (a dataset + bank, or a bring-your-own-features folder)")
-    src.add_argument("--dataset", help="registered dataset name (see `aape features --help`)")
-    src.add_argument("--features-dir", help="bring-your-own-features folder (instead of --dataset)")
-    src.add_argument("--bank-domain", help="prompt-bank domain in the store for the classes")
-    src.add_argument(
-        "--bank-snapshot",
-        metavar="ID",
-        help="read the bank as of this snapshot (`aape bank history`), not as it is now",
-    )
-    src.add_argument("--data-root", help="where the dataset's files are (default: its registry)")
-    src.add_argument("--seed", type=int, default=1, help="few-shot sampling and training seed")
-    add_data_checks(src)
-    add_home(p)
-    add_clip(p)
-    add_config_args(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def _task_factory(args: argparse.Namespace) -> tuple[str, Callable[[int, int], Task]]:
-    """(task name, make_task(shots, seed)); the loaders are imported only when used."""
-    if bool(args.dataset) == bool(args.features_dir):
-        raise UserError("task: pass exactly one of --dataset NAME or --features-dir DIR")
-    from aape.grid import TaskSource, byof_source
-    from prompt_banks.clip import CLIPRef
-
-    common = dict(
-        home=args.home,
-        bank_domain=args.bank_domain,
-        bank_snapshot=args.bank_snapshot,
-        shots_policy=args.shots_policy,
-    )
-    if args.features_dir:
-        source = byof_source(args.features_dir, **common)
-    else:
-        source = TaskSource(
-            name=args.dataset,
-            dataset=args.dataset,
-            data_root=args.data_root,
-            clip=CLIPRef(args.clip_model, args.pretrained),
-            max_missing=args.max_missing,
-            **common,
-        )
-    return source.name, source.load
-
-
-def _config(args: argparse.Namespace) -> TrainConfig:
-    return load_config(args.config, args.set)
 
 
 def _print_metrics(name: str, metrics: dict) -> None:
@@ -94,8 +32,8 @@ def handle_train(args: argparse.Namespace) -> int:
     from aape.protocols import config_dir_name, inputs_of, write_json_atomic
     from aape.train import train
 
-    cfg = _config(args).model_copy(update={"seed": args.seed})
-    name, make = _task_factory(args)
+    cfg = train_config(args).model_copy(update={"seed": args.seed})
+    name, make = task_factory(args)
     task = make(args.shots, args.seed)
     setting = config_dir_name(cfg, inputs_of(task))  # method, bank domain, identity hash
     out = (
@@ -166,7 +104,8 @@ def _target_factories(args: argparse.Namespace, cfg: TrainConfig) -> dict[str, C
             seed=0,
             data_root=args.data_root,  # CoOp layout: one root for all datasets
             max_missing=args.max_missing,
-            shots_policy="all-available",  # its train split is never used
+            n_views=0,  # its train split is never used: no views,
+            shots_policy="all-available",  # and any class size
         )
 
     return {t: factory(t, domains[i] if domains else None) for i, t in enumerate(names)}
@@ -177,11 +116,11 @@ def handle_eval(args: argparse.Namespace) -> int:
     from aape.baselines import baseline_config
     from aape.report import write_report
 
-    cfg = _config(args)
+    cfg = train_config(args)
     cfgs = [cfg] if args.no_lambda0 else protocols.with_lambda0(cfg)
     for extra in args.baselines.split(",") if args.baselines else []:
         cfgs.append(baseline_config(cfg, extra.strip()))
-    name, make = _task_factory(args)
+    name, make = task_factory(args)
     root = Path(args.out) if args.out else runs_dir(args.home)
     seeds = list(args.seeds)
     common = dict(seeds=seeds, force=args.force, progress=not args.quiet)
@@ -290,7 +229,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             --shots-policy all-available   # a few files lost, some classes under 16 images
         """,
     )
-    _add_task_args(p)
+    add_task_args(p)
     p.add_argument("--shots", type=int, default=16, help="images per class (default 16)")
     p.add_argument("--out", help="run folder (checkpoint.pt, metrics.json); resumes if present")
     p.add_argument("--force", action="store_true", help="start over instead of resuming")
@@ -299,19 +238,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = command(
         sub,
         "eval",
-        help="run a protocol (few-shot or base-to-new) and write the report",
+        help="run a protocol's runs one after another in this process and write the report",
         examples="""
         aape eval --dataset textile-defects --bank-domain textile --protocol few-shot --shots 1,2,4
         aape eval --dataset animal-mnist --bank-domain animals --protocol base-to-new \\
             --baselines zeroshot,cupl --seeds 1,2,3
         aape eval --dataset imagenet --bank-domain imagenet --protocol domain-generalisation \\
             --targets imagenet-v2,imagenet-sketch --shots 16 --data-root ~/data
+
+        the same runs in parallel (worker processes or a Ray cluster, one Prefect task each):
+        `aape grid`, with the same protocols and one or many datasets
         """,
     )
-    _add_task_args(p)
+    add_task_args(p)
     p.add_argument(
         "--protocol",
-        choices=["few-shot", "base-to-new", "cross-dataset", "domain-generalisation"],
+        choices=PROTOCOLS,
         default="few-shot",
     )
     p.add_argument("--targets", help="cross-dataset / domain generalisation: test datasets")

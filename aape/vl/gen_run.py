@@ -5,7 +5,7 @@ VQA pairs: `aape.vl.gen_vqa_train`.
 
 A run folder holds `prefix.pt` (the trainable weights, config, history) and `train.json`;
 evaluations write `eval-<name>.json`, with the VQA protocol the run's training implies
-(`vqa_protocol`); `aape.vl.gen_report` makes the Markdown table of many runs.
+(`vqa.protocol`); `aape.vl.gen_report` makes the Markdown table of many runs.
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ from __future__ import annotations
 import functools
 import json
 import os
+import pickle
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from aape.datasets.base import ImageRecord
 from aape.features import extract_records, load_features
@@ -25,14 +27,7 @@ from aape.train import save_atomic
 from aape.vl.bank import caption_store
 from aape.vl.gen_config import GenConfig
 from aape.vl.gen_eval import DecodeOptions, evaluate_captions, evaluate_vqa
-from aape.vl.gen_train import (
-    RUN_FILE,
-    GenResult,
-    caption_data,
-    check_config,
-    load_init,
-    train_prefix,
-)
+from aape.vl.gen_train import GenResult, caption_data, check_config, train_prefix
 from aape.vl.lm import FrozenLM, cpu_threads, load_lm
 from aape.vl.prefix import PrefixModel
 from aape.vl.tasks import CaptionSplit, load_caption_split
@@ -41,6 +36,12 @@ from prompt_banks.clip import CLIPRef, LoadedCLIP, load_clip
 from prompt_banks.errors import UserError
 
 Home = str | os.PathLike[str] | None
+RUN_FILE = "prefix.pt"
+# What every prefix.pt holds (`save_run`).
+RUN_KEYS = ("config", "clip_model_id", "clip_dim", "lm_dim", "state", "train_dataset", "summary")
+# Fields a run started from another (`init_from`) must share with it: the weights' shapes and
+# meaning.
+INIT_FIELDS = ("method", "lm", "k", "aape_tokens", "prefix_position", "aggregator")
 ZERO_SHOT = "zero/few-shot (trained on captions only)"
 FINE_TUNED = "fine-tuned (trained on VQA train pairs)"
 
@@ -78,23 +79,24 @@ def train_run(
     lm = cached_lm(cfg.lm, cfg.device, cfg.lm_dtype)
     data = caption_data(x, captions, bank, mask, cfg.caption_prompt)
     result = train_prefix(lm, data, cfg, init=init and init["state"], progress=progress)
-    return result, save_run(result, clip, out, train_dataset=dataset, vqa_trained=False, init=init)
+    folder = Path(out)
+    save_run(result, folder, clip, dataset, init=init)
+    return result, folder
 
 
 def save_run(
-    result: GenResult, clip: CLIPRef, out: str | os.PathLike[str], *, train_dataset: str,
-    vqa_trained: bool, init: dict[str, Any] | None, extra: dict[str, Any] | None = None,
-) -> Path:  # fmt: skip
-    """<out>/prefix.pt (weights, config, history) and <out>/train.json (all but the weights).
-    `vqa_trained`: this run trained on VQA pairs; also recorded when the run it started from
-    (`init`, from `load_init`) or one before that did."""
-    folder = Path(out)
+    result: GenResult, folder: Path, clip: CLIPRef, dataset: str, *, vqa_trained: bool = False,
+    init: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
+) -> None:  # fmt: skip
+    """Write <folder>/prefix.pt (weights, config, history) and <folder>/train.json (all but the
+    weights). `vqa_trained`: this run trained on VQA pairs; also recorded when the run it
+    started from (`init`, from `load_init`) or one before that did. `extra`: more metadata."""
     state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
     meta = {
         "config": result.config.model_dump(),
         "clip_model_id": clip.model_id,
         "clip": {"model": clip.model, "pretrained": clip.pretrained},
-        "train_dataset": train_dataset,
+        "train_dataset": dataset,
         "init_from": result.config.init_from,
         "vqa_trained": vqa_trained or bool(init and init.get("vqa_trained")),
         "clip_dim": result.clip_dim,
@@ -104,14 +106,38 @@ def save_run(
     }
     save_atomic({**meta, "state": state, "history": result.history}, folder / RUN_FILE)
     (folder / "train.json").write_text(json.dumps({**meta, "history": result.history}, indent=2))
-    return folder
+
+
+def read_run_file(folder: str | os.PathLike[str], field: str = "--run") -> dict[str, Any]:
+    """What `save_run` wrote to <folder>/prefix.pt, or a one-line UserError naming the file,
+    the `field` that named it and the fix (also what `aape doctor` checks)."""
+    path = Path(folder) / RUN_FILE
+    if not path.is_file():
+        raise UserError(f"{field}: {path} does not exist; train one with `aape vl caption-train`")
+    fix = (
+        f"train the run again with `aape vl caption-train --out {path.parent}` (its train.json "
+        "names the dataset and config)"
+    )
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError, ValueError) as exc:
+        reason = str(exc).split(". ")[0].split("\n")[0].strip()  # torch's first sentence
+        said = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
+        raise UserError(
+            f"{field}: {path}: not a readable checkpoint, damaged or cut short ({said}); {fix}"
+        ) from exc
+    missing = [k for k in RUN_KEYS if k not in saved] if isinstance(saved, dict) else RUN_KEYS
+    if missing:
+        raise UserError(f"{field}: {path}: not a captioning run (no {', '.join(missing)}); {fix}")
+    try:
+        GenConfig(**saved["config"])
+    except (TypeError, ValidationError) as exc:
+        raise UserError(f"{field}: {path}: field config is not a captioning config; {fix}") from exc
+    return saved
 
 
 def load_run(folder: str | os.PathLike[str]) -> tuple[PrefixModel, dict[str, Any], FrozenLM]:
-    path = Path(folder) / RUN_FILE
-    if not path.is_file():
-        raise UserError(f"--run: {path} does not exist; train one with `aape vl caption-train`")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+    saved = read_run_file(folder)
     cfg = GenConfig(**saved["config"])
     lm = cached_lm(cfg.lm, cfg.device, cfg.lm_dtype)
     model = PrefixModel(int(saved["clip_dim"]), int(saved["lm_dim"]), cfg)
@@ -119,12 +145,30 @@ def load_run(folder: str | os.PathLike[str]) -> tuple[PrefixModel, dict[str, Any
     return model.to(lm.device).eval(), saved, lm
 
 
-def _check_clip(saved: dict[str, Any], clip: LoadedCLIP | CLIPRef, folder: Path) -> None:
-    if saved["clip_model_id"] != clip.model_id:
+def _check_clip(saved: dict[str, Any], model_id: str, folder: Path, field: str = "--run") -> None:
+    if saved["clip_model_id"] != model_id:
         raise UserError(
-            f"--run: {folder} was trained with {saved['clip_model_id']}, not {clip.model_id}; "
+            f"{field}: {folder} was trained with {saved['clip_model_id']}, not {model_id}; "
             "pass its --clip-model/--pretrained"
         )
+
+
+def load_init(cfg: GenConfig, clip_model_id: str) -> dict[str, Any] | None:
+    """The saved run `init_from` names (its `state` holds the weights `train_prefix` starts
+    from), after checking that it fits this config and CLIP; None without init_from."""
+    if cfg.init_from is None:
+        return None
+    saved = read_run_file(cfg.init_from, "init_from")
+    _check_clip(saved, clip_model_id, Path(cfg.init_from), "init_from")
+    source = GenConfig(**saved["config"])
+    for name in INIT_FIELDS:
+        theirs, ours = getattr(source, name), getattr(cfg, name)
+        if theirs != ours:
+            raise UserError(
+                f"init_from: {cfg.init_from} has {name}={theirs}, this config {name}={ours}; "
+                f"set {name}={theirs} or start from another run"
+            )
+    return saved
 
 
 def vqa_features(
@@ -168,7 +212,7 @@ def evaluate_run(
     default the set itself); writes <run>/eval-<name>.json and returns it."""
     folder = Path(run)
     model, saved, lm = load_run(folder)
-    _check_clip(saved, clip_ref, folder)
+    _check_clip(saved, clip_ref.model_id, folder)
     if dataset is None and vqa is None:
         raise UserError("eval: nothing to evaluate; pass --dataset and/or --questions")
     clip = load_clip(clip_ref)

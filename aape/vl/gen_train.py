@@ -17,8 +17,6 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from pickle import UnpicklingError
 from typing import Any
 
 import torch
@@ -32,7 +30,6 @@ from aape.vl.lm import FrozenLM, cpu_threads
 from aape.vl.prefix import ImageSeg, PrefixModel, TextSeg, build_inputs, next_token_loss
 from prompt_banks.errors import UserError
 
-RUN_FILE = "prefix.pt"  # a run folder's weights, config and history
 Pair = tuple[str, str]  # (prompt, target): the LM reads [prefix] prompt target <eos>
 
 
@@ -112,41 +109,6 @@ def check_config(cfg: GenConfig) -> None:
         raise UserError(
             "h_mode=frozen needs h_init (a retrieval artifact from `aape vl train`) or init_from"
         )
-
-
-# Fields a run started from another must share with it (the weights' shapes and meaning).
-INIT_FIELDS = ("method", "lm", "k", "aape_tokens", "prefix_position", "aggregator")
-# What torch.load and GenConfig raise on a file that is not a run's prefix.pt.
-UNREADABLE = (OSError, EOFError, RuntimeError, KeyError, TypeError, ValueError, UnpicklingError)
-
-
-def load_init(cfg: GenConfig, clip_model_id: str) -> dict[str, Any] | None:
-    """The saved run `init_from` names (its `state` holds the weights), after checking that it
-    fits this config and CLIP; None without init_from."""
-    if cfg.init_from is None:
-        return None
-    path = Path(cfg.init_from) / RUN_FILE
-    how = "set init_from to a run folder of `aape vl caption-train` or `aape vl vqa-train`"
-    if not path.is_file():
-        raise UserError(f"init_from: {path} does not exist; {how}")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        source = GenConfig(**saved["config"])
-    except UNREADABLE as exc:
-        raise UserError(f"init_from: cannot read {path} ({type(exc).__name__}); {how}") from exc
-    if saved.get("clip_model_id") != clip_model_id:
-        raise UserError(
-            f"init_from: {cfg.init_from} was trained with CLIP {saved.get('clip_model_id')}, "
-            f"not {clip_model_id}; pass its --clip-model/--pretrained"
-        )
-    for name in INIT_FIELDS:
-        theirs, ours = getattr(source, name), getattr(cfg, name)
-        if theirs != ours:
-            raise UserError(
-                f"init_from: {cfg.init_from} has {name}={theirs}, this config {name}={ours}; "
-                f"set {name}={theirs} or start from another run"
-            )
-    return saved
 
 
 def _start_weights(model: PrefixModel, init: dict[str, torch.Tensor] | None, cfg: GenConfig):

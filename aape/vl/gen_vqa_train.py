@@ -22,8 +22,8 @@ import torch
 
 from aape.vl.bank import caption_bank, caption_store
 from aape.vl.gen_config import GenConfig
-from aape.vl.gen_run import Home, cached_lm, save_run, vqa_features
-from aape.vl.gen_train import GenResult, Pair, TrainData, check_config, load_init, train_prefix
+from aape.vl.gen_run import Home, cached_lm, load_init, save_run, vqa_features
+from aape.vl.gen_train import GenResult, Pair, TrainData, check_config, train_prefix
 from aape.vl.vqa_data import VQASet
 from prompt_banks.clip import CLIPRef, load_clip
 
@@ -90,6 +90,7 @@ def vqa_train_run(
         "caption_dataset": captions,
         "images_with_captions": n_matched,
     }
-    folder = save_run(result, clip_ref, out, train_dataset=vqa.name, vqa_trained=True,
-                      init=init, extra={"vqa_train": info})  # fmt: skip
+    folder = Path(out)
+    save_run(result, folder, clip_ref, vqa.name, vqa_trained=True, init=init,
+             extra={"vqa_train": info})  # fmt: skip
     return result, folder, info

@@ -26,6 +26,8 @@ from prompt_banks.errors import UserError
 
 FORMAT = "aape-retrieval-artifact/1"
 HOW = "make one with `aape vl train`"
+# `aape vl train` writes the artifact of a finished run again from its checkpoint.
+REMAKE = "write it again with `aape vl train` (same --dataset, --set and --out)"
 
 
 def export_retrieval_artifact(
@@ -48,7 +50,7 @@ def load_retrieval_artifact(
     folder: str | Path, device: str | None = "cpu"
 ) -> tuple[RetrievalResult, dict[str, Any]]:
     """The artifact as a `RetrievalResult` (model = h only) and its config.json."""
-    meta, tensors = read_artifact(folder, FORMAT, HOW, RetrievalConfig)
+    meta, tensors = read_artifact(folder, FORMAT, HOW, RetrievalConfig, REMAKE)
     cfg = RetrievalConfig(**meta["config"])
     model = RetrievalAAPE(int(meta["dim"]), cfg)
     try:

@@ -23,12 +23,12 @@ import numpy as np
 import torch
 
 from aape.data import FeatureSet
-from aape.simulation import SimConfig, _Concepts, _concepts, _noise, _normalize, _rng
+from aape.sim_concepts import Concepts, SimConfig, draw_concepts, noise, normalize, rng_stream
 from aape.vl.bank import CaptionBank
 from aape.vl.tasks import CaptionSplit
 from prompt_banks.errors import UserError
 
-_SCENES, _CAPTIONS = 11, 12  # stream ids beside simulation.py's 1-4
+_SCENES, _CAPTIONS = 11, 12  # stream ids beside sim_concepts' 1-4
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def small_world(**overrides: object) -> CaptionWorldConfig:
 
 
 def _visible(
-    cfg: CaptionWorldConfig, k: _Concepts, rng: np.random.Generator, labels: np.ndarray
+    cfg: CaptionWorldConfig, k: Concepts, rng: np.random.Generator, labels: np.ndarray
 ) -> np.ndarray:
     """How strongly each image shows each attribute, [n, A] (0 = not shown)."""
     s, n = cfg.sim, len(labels)
@@ -91,7 +91,7 @@ def _visible(
 
 
 def _image_views(
-    cfg: CaptionWorldConfig, k: _Concepts, rng: np.random.Generator, labels: np.ndarray,
+    cfg: CaptionWorldConfig, k: Concepts, rng: np.random.Generator, labels: np.ndarray,
     vis: np.ndarray, n_views: int,
 ) -> np.ndarray:  # fmt: skip
     """Embeddings [n, n_views, d]; view 0 the centre crop, others drop attributes + noise."""
@@ -100,19 +100,19 @@ def _image_views(
         s.gap_image * k.m_img
         + s.family_weight * k.family_dirs[k.family[labels]]
         + s.identity_weight * k.identity[labels]
-        + s.image_noise * _noise(rng, (n,), s.d)
+        + s.image_noise * noise(rng, (n,), s.d)
     )
     scale = s.attribute_weight / math.sqrt(s.attrs_per_class * s.p_show)
     out = np.empty((n, n_views, s.d))
     for v in range(n_views):
         keep = vis if v == 0 else vis * (rng.random(vis.shape) >= s.view_drop)
         x = base + scale * keep @ k.attr_img
-        out[:, v] = x if v == 0 else x + s.view_noise * _noise(rng, (n,), s.d)
-    return _normalize(out)
+        out[:, v] = x if v == 0 else x + s.view_noise * noise(rng, (n,), s.d)
+    return normalize(out)
 
 
 def _captions(
-    cfg: CaptionWorldConfig, k: _Concepts, rng: np.random.Generator, labels: np.ndarray,
+    cfg: CaptionWorldConfig, k: Concepts, rng: np.random.Generator, labels: np.ndarray,
     vis: np.ndarray, style: CaptionStyle,
 ) -> np.ndarray:  # fmt: skip
     """Caption embeddings [n, J, d] of each image."""
@@ -126,9 +126,9 @@ def _captions(
         s.gap_text * k.m_txt
         + style.name_weight * named * k.names[labels][:, None, :]
         + style.attribute_weight * (said @ k.attr_txt) / math.sqrt(3)
-        + style.noise * _noise(rng, (n, j), s.d)
+        + style.noise * noise(rng, (n, j), s.d)
     )
-    return _normalize(t)
+    return normalize(t)
 
 
 def _split(x: np.ndarray, captions: np.ndarray, prefix: str) -> CaptionSplit:
@@ -161,14 +161,14 @@ def simulate_captions(
         raise UserError(f"domain: '{domain}' is not one of {', '.join(DOMAINS)}")
     cfg = config or CaptionWorldConfig()
     style = DOMAINS[domain]
-    k = _concepts(cfg.sim, seed)
+    k = draw_concepts(cfg.sim, seed)
     which = list(DOMAINS).index(domain)
-    mix = _rng(seed, _SCENES, which).dirichlet(np.full(cfg.sim.n_classes, style.class_alpha))
+    mix = rng_stream(seed, _SCENES, which).dirichlet(np.full(cfg.sim.n_classes, style.class_alpha))
     out = {}
     for part, (split, n, views) in enumerate(
         (("train", cfg.train_images, cfg.sim.n_views), ("test", cfg.test_images, 1))
     ):
-        rng = _rng(seed, _CAPTIONS, which, part)
+        rng = rng_stream(seed, _CAPTIONS, which, part)
         labels = rng.choice(cfg.sim.n_classes, n, p=mix)
         vis = _visible(cfg, k, rng, labels)
         x = _image_views(cfg, k, rng, labels, vis, views)

@@ -33,7 +33,7 @@ TEMPLATES = (
 SUFFIX = "-synthetic-captions"
 
 
-def _article(name: str) -> str:
+def with_article(name: str) -> str:
     """`a {c}` for a count noun; class names that already read as a phrase stay as they are."""
     if " " in name:
         return name
@@ -77,7 +77,7 @@ def synthetic_captions(
         for record in chosen:
             rng = random.Random(f"{ds.name}:{record.image_id}")
             picks = rng.sample(TEMPLATES, min(captions_per_image, len(TEMPLATES)))
-            phrase = _article(record.classname)
+            phrase = with_article(record.classname)
             images.append(
                 CaptionImage(
                     image_id=record.image_id,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aape.vl.synthetic import _article
+from aape.vl.synthetic import with_article
 from prompt_banks.errors import UserError
 
 COCO_PATTERN = "COCO_{subtype}_{image_id:012d}.jpg"
@@ -154,7 +154,12 @@ def write_synthetic_vqa(
         asked = cls if rng.random() < 0.5 else rng.choice(others)
         qas = [
             ("What is in the picture?", cls, "other", "what is in the"),
-            (f"Is this {_article(asked)}?", "yes" if asked == cls else "no", "yes/no", "is this"),
+            (
+                f"Is this {with_article(asked)}?",
+                "yes" if asked == cls else "no",
+                "yes/no",
+                "is this",
+            ),
         ]
         for j, (q, a, atype, qtype) in enumerate(qas):
             qid = image_id * 10 + j

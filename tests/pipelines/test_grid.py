@@ -181,6 +181,53 @@ def test_combined_report_has_per_dataset_rows_and_the_average(tmp_path: Path) ->
     assert paths["csv"].is_file() and paths["accuracy_vs_shots_Average"].is_file()
 
 
+@pytest.mark.slow
+def test_a_transfer_grid_equals_the_serial_protocol(
+    tiny_domain, embedded_home: Path, second_folder: Path, tmp_path: Path
+) -> None:
+    """Cross-dataset runs fanned out as specs write what `protocols.transfer` writes (the
+    `aape eval --protocol cross-dataset` path), run folder for run folder."""
+    from aape.tasks import load_task
+    from pipelines.params import GridParams
+
+    params = GridParams.model_validate(
+        {
+            "home": str(embedded_home),
+            "protocol": "cross-dataset",
+            "datasets": [{"dataset": "folder", "domain": tiny_domain.domain,
+                          "data_root": str(tiny_domain.images)}],
+            "targets": [{"dataset": "folder", "domain": tiny_domain.domain,
+                         "data_root": str(second_folder)}],
+            "clip": {"model": "aape-tiny"}, "shots": [2], "seeds": [1], "n_views": 1,
+            "config": FAST.model_dump(exclude_defaults=True), "baselines": ["zeroshot"],
+            "progress": False,
+        }
+    )  # fmt: skip
+    fanned = serial_records(params)
+    assert len(fanned) == 3  # AAPE, its lambda = 0 twin, zero-shot
+    source = source_of(tiny_domain, embedded_home)
+    target = source_of(tiny_domain, embedded_home, second_folder)
+
+    def load_target():
+        return load_task(
+            dataset="folder", home=str(embedded_home), clip=CLIPRef("aape-tiny"),
+            bank_domain=tiny_domain.domain, shots=1, seed=0, data_root=str(second_folder),
+            n_views=0, shots_policy="all-available",
+        )  # fmt: skip
+
+    cfgs = [*protocols.with_lambda0(FAST), FAST.model_copy(update={"method": "zeroshot"})]
+    root = tmp_path / "serial"
+    protocols.transfer(
+        lambda s: source.load(2, s), source.name, {target.name: load_target}, cfgs, root,
+        protocol="cross-dataset", shots=2, seeds=[1], progress=False,
+    )  # fmt: skip
+    serial = result_files(root)
+    assert {p.relative_to(tiny_domain.domain) for p in fanned} == set(serial)
+    for rel, record in serial.items():
+        assert fanned[Path(tiny_domain.domain) / rel] == record, rel
+    assert all(r["protocol"] == "cross-dataset" for r in serial.values())
+
+
 def grid_file(tiny_domain, tmp_path: Path, home: Path, second: Path) -> Path:
     spec = {
         "home": str(home),
@@ -273,7 +320,41 @@ def test_aape_grid_refuses_bad_input_before_prefect(tmp_path: Path, capsys) -> N
     assert "error: --bank-domains: give one bank domain per dataset (2 datasets, 1 domain)" in err
     assert "error: grid: pass --grid-file FILE or --datasets A,B --bank-domains A,B" in err
     assert f"error: {bad}: shotz" in err
-    assert "error: grid: baselines.1: Input should be 'zeroshot', 'cupl' or 'linear_probe'" in err
+    assert "error: grid: baselines.1: Input should be 'zeroshot', 'cupl', 'linear_probe' or" in err
+    one = ["grid", "--datasets", "dtd", "--bank-domains", "dtd"]
+    assert main([*one, "--protocol", "cross-dataset"]) == 2
+    assert main([*one, "--targets", "eurosat"]) == 2
+    assert main([*one, "--targets", "eurosat,caltech101", "--target-bank-domains", "e"]) == 2
+    assert main([*one, "--protocol", "cross-dataset", "--targets", "nope"]) == 2
+    argv = [*one, "--protocol", "cross-dataset", "--targets", "eurosat", "--set"]
+    assert main([*argv, "class_embed=bank_mean"]) == 2
+    err = capsys.readouterr().err
+    assert "error: grid: targets: protocol cross-dataset needs datasets to test on" in err
+    assert "error: grid: targets: only the cross-dataset and domain-generalisation" in err
+    assert (
+        "error: --target-bank-domains: give one bank domain per target (2 targets, 1 domain)" in err
+    )
+    assert "error: grid: datasets: 'nope' is unknown" in err
+    assert (
+        "error: grid: targets: eurosat needs a domain (class_embed=bank_mean reads its bank)" in err
+    )
+
+
+def test_grid_baselines_are_the_cli_baselines() -> None:
+    """A grid names its baselines as `aape eval --baselines` does, with the same fields."""
+    from typing import get_args
+
+    from aape.baselines import BASELINES
+    from pipelines.evaluate import method_configs
+    from pipelines.params import Baseline
+
+    assert set(get_args(Baseline)) == set(BASELINES)
+    cfgs = method_configs(FAST, ("linear_probe", "linear_probe_adamw"), lambda0=False)
+    assert [(c.method, c.probe_solver) for c in cfgs[1:]] == [
+        ("linear_probe", "lbfgs"),
+        ("linear_probe", "adamw"),
+    ]
+    assert [c.tag() for c in cfgs[1:]] == ["linear_probe", "linear_probe_adamw"]
 
 
 @pytest.mark.integration
@@ -297,3 +378,15 @@ def test_a_grid_on_a_local_ray_cluster_equals_the_serial_grid(
     for rel, record in reference.items():
         assert fanned[rel] == record, rel
     assert "| Average | aape" in Path(result["report"]["markdown"]).read_text()
+
+
+def test_the_grid_deployment_runs_this_flow_with_valid_parameters() -> None:
+    from pipelines.evaluate import evaluate_grid, grid_specs
+    from pipelines.params import GridParams
+
+    spec = yaml.safe_load((REPO / "infra/prefect/prefect.yaml").read_text())
+    (dep,) = [d for d in spec["deployments"] if d["name"] == "grid-textile-defects"]
+    path, name = dep["entrypoint"].split(":")
+    assert path == "pipelines/evaluate.py" and name == evaluate_grid.__name__
+    params = GridParams(**dep["parameters"]["params"])
+    assert len(grid_specs(params)) == 5 * 3 * 5  # shots x seeds x (AAPE, lambda 0, 3 baselines)

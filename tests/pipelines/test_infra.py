@@ -146,6 +146,9 @@ def test_prefect_server_runs_build_domain_and_the_yaml_deployments(
         assert by_name["retrain-textile-defects"]["schedules"][0]["schedule"]["cron"] == "0 4 * * 0"
         assert by_name["retrain-textile-defects"]["work_pool_name"] == "aape"
         assert by_name["retrain-textile-defects"]["parameters"]["params"]["train"] is True
+        grid_run = by_name["grid-textile-defects"]
+        assert grid_run["entrypoint"] == "pipelines/evaluate.py:evaluate_grid"
+        assert not grid_run["schedules"]  # on demand
 
 
 def _embeddings(home: Path) -> dict[str, np.ndarray]:
