@@ -17,6 +17,7 @@ from aape.bank_quality import description_margins, quality
 from aape.config import TrainConfig
 from aape.data import Task
 from aape.model import PromptAggregator
+from aape.torch_files import checkpoint_dict
 from prompt_banks.atomic import write_json_atomic, write_text_atomic
 from prompt_banks.errors import UserError
 
@@ -27,12 +28,15 @@ def teacher_attention(
     """Which descriptions the trained teacher weighs: per class, the entropy of its attention
     (mean over the class's training images; 1 = uniform over the class's descriptions) and the
     top-weighted texts. `run` is the folder (or checkpoint) of an AAPE run on `task`'s bank."""
-    from aape.train import CHECKPOINT_NAME
+    from aape.train import CHECKPOINT_KEYS, CHECKPOINT_NAME
 
     path = Path(run) / CHECKPOINT_NAME if Path(run).is_dir() else Path(run)
     if not path.is_file():
         raise UserError(f"--run: no {CHECKPOINT_NAME} at {path}; pass the folder of an AAPE run")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = checkpoint_dict(
+        path, (*CHECKPOINT_KEYS, "class_names"), field="--run",
+        fix="train the run again with `aape train --force`",
+    )  # fmt: skip
     cfg = TrainConfig(**state["config"])
     if cfg.method != "aape" or cfg.aggregator != "attention":
         raise UserError(f"--run: {path} is not an attention-aggregator AAPE run; nothing to read")

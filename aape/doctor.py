@@ -3,9 +3,10 @@ to `<home>/quarantine/<UTC time>/<its path under the home>`.
 
 Checked: the bank store's descriptions, embeddings and captions parts and the feature cache's
 parts (read whole: every row group and row, see `prompt_banks.integrity.deep_check`), few-shot
-manifests, and on a local home the runs' result.json / metrics.json, the captioning runs'
-prefix.pt, and the artifacts (manifest checksums, config, weights), the retrieval artifacts of
-`aape vl train` under runs/ among them. Under an fsspec URL home only the first three exist.
+manifests, and on a local home the runs' result.json / metrics.json, their checkpoint.pt
+(training and retrieval runs), the captioning runs' prefix.pt, and the artifacts (manifest
+checksums, config, weights), the retrieval artifacts of `aape vl train` under runs/ among them.
+Under an fsspec URL home only the first three exist.
 
 Quarantine loses no good row: when some row groups or rows of a damaged part can still be read,
 they are first published as a new part of the same table (an atomic publish, like any write),
@@ -29,6 +30,8 @@ from tqdm.auto import tqdm
 from aape.artifact import read_artifact
 from aape.features import FEATURES
 from aape.fewshot import FewShotManifest
+from aape.torch_files import checkpoint_dict
+from aape.train import CHECKPOINT_KEYS, CHECKPOINT_NAME
 from aape.vl.bank import CAPTIONS, CAPTIONS_DIR
 from aape.vl.gen_run import RUN_FILE, read_run_file
 from aape.vl.inference import load_retrieval_artifact
@@ -166,7 +169,10 @@ def _json_object(text: str) -> None:
 # and folders runs write.
 RUN_FILES: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("caption run", f"runs/**/{RUN_FILE}", lambda path: read_run_file(Path(path).parent)),
-)
+    ("training checkpoint", f"runs/**/{CHECKPOINT_NAME}", lambda path: checkpoint_dict(
+        path, CHECKPOINT_KEYS, field="--run", fix="train the run again (--force)"
+    )),
+)  # fmt: skip
 ARTIFACTS: tuple[tuple[str, str, Callable[[str], Any]], ...] = (
     ("artifact", "artifacts/*", read_artifact),
     ("retrieval artifact", "runs/**/artifact", load_retrieval_artifact),

@@ -26,6 +26,7 @@ from aape.baselines import Classifier, TextClassifier, train_linear_probe
 from aape.config import BANK_METHODS, TrainConfig
 from aape.data import ClassTexts, FeatureSet, Task
 from aape.model import AAPE, class_embeddings
+from aape.torch_files import checkpoint_dict
 from aape.updates import Updates, flush_denormals, training_threads
 from prompt_banks.atomic import atomic_path
 from prompt_banks.clip import resolve_device
@@ -34,6 +35,9 @@ from prompt_banks.errors import UserError
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_KEYS = ("config", "epoch", "model")  # what every checkpoint of `checkpoint_state` has
+# A damaged checkpoint met when resuming: the run starts over.
+RESUME_FIX = "delete it, or pass --force, to train the run from the start"
 
 
 class AAPEHead:
@@ -310,7 +314,9 @@ def _train(
     start_epoch, seconds = 0, 0.0
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     if ckpt_path is not None and resume and ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        state = checkpoint_dict(
+            ckpt_path, CHECKPOINT_KEYS, field="checkpoint", fix=RESUME_FIX, map_location=device
+        )
         if state["config"] != cfg.model_dump():
             raise UserError(
                 f"checkpoint {ckpt_path}: it was trained with another config; "
@@ -379,7 +385,9 @@ def load_checkpoint(path: str | Path, device: str | None = "cpu") -> TrainResult
     p = p / CHECKPOINT_NAME if p.is_dir() else p
     if not p.is_file():
         raise UserError(f"--run: no {CHECKPOINT_NAME} at {p}; pass the --out of `aape train`")
-    state = torch.load(p, map_location="cpu", weights_only=True)
+    fix = f"train it again with `aape train --out {p.parent} --force`"
+    keys = (*CHECKPOINT_KEYS, "dim", "class_names", "model_id")
+    state = checkpoint_dict(p, keys, field="--run", fix=fix)
     cfg = TrainConfig(**state["config"])
     model = AAPE(state["dim"], cfg)
     model.load_state_dict(

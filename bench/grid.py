@@ -103,6 +103,9 @@ def _runner(kind: str, workers: int, ray_dir: Path) -> TaskRunner:
 
     # No auth token written to ~/.ray (every later Ray driver of this user would read it).
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Ray starts its workers at nice 15; the worker processes of the other runner run at 0.
+    # The same priority on both sides (on a shared machine, nice 15 yields to the neighbours).
+    os.environ.setdefault("RAY_worker_niceness", "0")
     env = {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     return RayTaskRunner(
         init_kwargs={

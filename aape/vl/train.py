@@ -19,7 +19,15 @@ import torch.nn.functional as F
 
 from aape.losses import distill_loss, reward_loss
 from aape.model import masked_mean
-from aape.train import ViewSampler, checkpoint_state, run_epochs, save_atomic
+from aape.torch_files import checkpoint_dict
+from aape.train import (
+    CHECKPOINT_KEYS,
+    RESUME_FIX,
+    ViewSampler,
+    checkpoint_state,
+    run_epochs,
+    save_atomic,
+)
 from aape.updates import Updates, optimizer_step
 from aape.vl.config import RetrievalConfig
 from aape.vl.losses import contrastive_loss
@@ -150,7 +158,9 @@ def retrieval_health(
 def _restore(path: Path, cfg: RetrievalConfig, device: torch.device) -> dict[str, object] | None:
     if not path.is_file():
         return None
-    state = torch.load(path, map_location=device, weights_only=True)
+    state = checkpoint_dict(
+        path, CHECKPOINT_KEYS, field="checkpoint", fix=RESUME_FIX, map_location=device
+    )
     if state.get("config") != cfg.model_dump():
         raise UserError(
             f"checkpoint {path}: it was trained with another config; "
