@@ -12,18 +12,16 @@ before the fan-out, so workers only read.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import torch
 
 from aape import protocols
 from aape.config import TrainConfig
 from aape.data import Task
 from aape.protocol_names import PROTOCOLS, TRANSFER_PROTOCOLS
+from aape.updates import torch_threads
 from prompt_banks.clip import CLIPRef, LoadedCLIP, load_clip
 from prompt_banks.errors import UserError
 
@@ -187,21 +185,6 @@ def run_specs(
                 )
                 specs.append(spec)
     return specs
-
-
-@contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """torch's intra-op threads set to `threads` for a block (None: unchanged). Process-wide:
-    for a worker process that runs one run at a time, not for a thread pool."""
-    if threads is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def execute(

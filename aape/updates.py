@@ -61,22 +61,35 @@ def flush_denormals() -> Iterator[None]:
 
 
 @contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to `threads` for a block (None: unchanged). Process-wide:
+    for a process that runs one run at a time, not for a pool of threads sharing it."""
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextmanager
 def training_threads(pipelined: bool) -> Iterator[ThreadPoolExecutor | None]:
     """With `pipelined`, a second thread for the student updates and half the cores for each
     side's ops; otherwise the current settings."""
     if not pipelined:
         yield None
         return
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, before // 2))
-    pool = ThreadPoolExecutor(
-        1, "aape-student", initializer=torch.set_flush_denormal, initargs=(True,)
-    )
-    try:
-        yield pool
-    finally:
-        pool.shutdown()
-        torch.set_num_threads(before)
+    with torch_threads(max(1, torch.get_num_threads() // 2)):
+        pool = ThreadPoolExecutor(
+            1, "aape-student", initializer=torch.set_flush_denormal, initargs=(True,)
+        )
+        try:
+            yield pool
+        finally:
+            pool.shutdown()
 
 
 class Updates:

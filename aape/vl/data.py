@@ -87,12 +87,13 @@ def check_name(name: str) -> str:
     return name
 
 
-def _load_json(path: Path, dataset: str, how: str) -> Any:
+def read_json(path: Path, where: str, how: str) -> Any:
+    """A JSON file, or the UserError "<where>: cannot read <path> (<reason>); <how>"."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"dataset {dataset}: cannot read {path} ({reason}); {how}") from exc
+        raise UserError(f"{where}: cannot read {path} ({reason}); {how}") from exc
 
 
 def _finish(
@@ -135,7 +136,7 @@ def read_karpathy(
     file, root = Path(path).expanduser(), Path(images).expanduser().resolve()
     label = name or file.stem
     require_files(label, [file, root], KARPATHY_HELP)
-    content = _load_json(file, label, KARPATHY_HELP)
+    content = read_json(file, f"dataset {label}", KARPATHY_HELP)
     if not isinstance(content, dict) or not isinstance(content.get("images"), list):
         raise UserError(
             f"dataset {label}: {file} is not a Karpathy split file (no 'images' list); "
@@ -208,7 +209,7 @@ def read_coco_captions(
     split = split or coco_split_of(file)
     if split not in SPLITS:
         raise UserError(f"--split: '{split}' is not one of {', '.join(SPLITS)}")
-    content = _load_json(file, name, COCO_HELP)
+    content = read_json(file, f"dataset {name}", COCO_HELP)
     if not isinstance(content, dict) or not {"images", "annotations"} <= set(content):
         raise UserError(
             f"dataset {name}: {file} is not a COCO captions file (needs 'images' and "

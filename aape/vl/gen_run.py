@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import pickle
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from pydantic import ValidationError
 
 from aape.datasets.base import ImageRecord
 from aape.features import extract_records, load_features
+from aape.torch_files import load_torch_file
 from aape.train import save_atomic
 from aape.vl.bank import caption_store
 from aape.vl.gen_config import GenConfig
@@ -118,14 +118,7 @@ def read_run_file(folder: str | os.PathLike[str], field: str = "--run") -> dict[
         f"train the run again with `aape vl caption-train --out {path.parent}` (its train.json "
         "names the dataset and config)"
     )
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, EOFError, RuntimeError, pickle.UnpicklingError, ValueError) as exc:
-        reason = str(exc).split(". ")[0].split("\n")[0].strip()  # torch's first sentence
-        said = f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
-        raise UserError(
-            f"{field}: {path}: not a readable checkpoint, damaged or cut short ({said}); {fix}"
-        ) from exc
+    saved = load_torch_file(path, field=field, fix=fix)
     missing = [k for k in RUN_KEYS if k not in saved] if isinstance(saved, dict) else RUN_KEYS
     if missing:
         raise UserError(f"{field}: {path}: not a captioning run (no {', '.join(missing)}); {fix}")

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from aape.updates import torch_threads
 from prompt_banks.clip import resolve_device
 from prompt_banks.errors import UserError
 
@@ -119,12 +120,5 @@ def cpu_threads(n: int, device: torch.device) -> Iterator[None]:
     """Run with n intra-op threads on CPU (0: leave torch's choice). One thread is the default:
     on a shared 2-core machine two threads made a SmolLM2 step 10x slower (7.6-13 s against
     1.0-1.4 s, forward + backward of 4 x 20 tokens), spinning against the other processes."""
-    if device.type != "cpu" or n == 0:
+    with torch_threads(n if device.type == "cpu" and n > 0 else None):
         yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aape.vl.data import read_json
 from aape.vl.synthetic import with_article
 from prompt_banks.errors import UserError
 
@@ -55,11 +56,7 @@ class VQASet:
 def _read(path: Path, what: str) -> Any:
     if not path.is_file():
         raise UserError(f"--{what}: {path} does not exist; {HOW}")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"--{what}: cannot read {path} ({reason}); {HOW}") from exc
+    return read_json(path, f"--{what}", HOW)
 
 
 def read_vqa(
